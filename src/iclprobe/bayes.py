@@ -1,0 +1,295 @@
+"""Fit a two-hypothesis Bayesian learner to a language model's in-context learning curve.
+
+The learner holds hypothesis A ("the rule holds") with prior belief theta_0. Each example
+is consistent with A with probability c under A and 1 - c under B, so after every example
+
+    theta_{i+1} = theta_i c / (theta_i c + (1 - theta_i)(1 - c)),
+
+which in log-odds is a straight line: logit theta_i = logit theta_0 + i log(c / (1 - c)).
+The LM's probability of the correct answer at example i (1-based), P(A)_i, is its belief
+*before* seeing example i, so it is compared with theta_{i-1}.
+
+Two fits are offered because they weight the curve differently:
+
+* ``prob_mse`` matches beliefs in probability space (the seed analysis's method). Points near
+  0 or 1 carry little weight, so a saturated curve does not dominate.
+* ``logodds`` is ordinary least squares on logit P(A). It uses the linear closed form
+  directly, but amplifies noise where P(A) is close to 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy.optimize import least_squares
+from scipy.special import expit, logit
+
+LN2 = math.log(2)
+
+METHODS = ("prob_mse", "logodds")
+
+# Probabilities are clipped before taking logits so that P(A) = 0 or 1 (surprisal of 0 nats
+# is common for a confident model) gives a finite log-odds of about +-13.8.
+_P_CLIP = 1e-6
+
+# Bound on |logit theta_0| and |log(c / (1 - c))| in the probability-space fit. When the LM
+# is near-certain throughout, the loss is flat in these directions and an unbounded optimiser
+# could drift to infinity; 20 nats is far beyond anything the data can distinguish.
+_PARAM_BOUND = 20.0
+
+_FIT_COLUMNS = ("model", "task", "replicate", "example", "surprisal_nats")
+
+
+@dataclass(frozen=True)
+class LearnerFit:
+    """Best-fitting learner for one set of curves.
+
+    ``loss`` is the method's objective at the optimum (a mean squared error: probability^2
+    for ``prob_mse``, nats^2 of log-odds for ``logodds``) and ``rmse`` is its square root.
+    """
+
+    c: float
+    theta0: float
+    loss: float
+    rmse: float
+    method: str
+
+
+def _check_open_unit(name: str, value: float) -> None:
+    """Raise unless 0 < value < 1; both endpoints make the learner degenerate."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)}")
+
+
+def simulate_learner(c: float, theta0: float, n: int) -> np.ndarray:
+    """Return the learner's beliefs theta_0 .. theta_{n-1}.
+
+    Entry i is P(A) before example i + 1. The recursive update is used on purpose (rather
+    than the closed form) so that the closed form can be tested against it.
+    """
+    _check_open_unit("c", c)
+    _check_open_unit("theta0", theta0)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n!r}")
+    beliefs = np.empty(n, dtype=float)
+    theta = float(theta0)
+    for i in range(n):
+        beliefs[i] = theta
+        consistent_a = theta * c
+        theta = consistent_a / (consistent_a + (1.0 - theta) * (1.0 - c))
+    return beliefs
+
+
+def _as_curves(p_correct: np.ndarray) -> np.ndarray:
+    """Validate P(A) values and return them as an (R, N) float array."""
+    p = np.asarray(p_correct, dtype=float)
+    if p.ndim == 1:
+        p = p[np.newaxis, :]
+    if p.ndim != 2:
+        raise ValueError(f"p_correct must have shape (R, N) or (N,), got shape {p.shape}")
+    if p.shape[0] < 1 or p.shape[1] < 2:
+        # A slope needs at least two examples per curve.
+        raise ValueError(f"p_correct needs >= 1 replicate and >= 2 examples, got {p.shape}")
+    if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError("p_correct must be finite and within [0, 1]")
+    return p
+
+
+def _steps(n_replicates: int, n_examples: int) -> np.ndarray:
+    """Examples seen before each point (i - 1), laid out like the (R, N) curves."""
+    return np.broadcast_to(np.arange(n_examples, dtype=float), (n_replicates, n_examples))
+
+
+def _fit_logodds(p: np.ndarray) -> tuple[float, float, float]:
+    """OLS of logit P(A) on (i - 1), pooled over replicates; return (a, b, loss)."""
+    x = _steps(*p.shape).ravel()
+    y = logit(np.clip(p, _P_CLIP, 1.0 - _P_CLIP)).ravel()
+    design = np.column_stack([np.ones_like(x), x])
+    (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - (a + b * x)
+    return float(a), float(b), float(np.mean(residual**2))
+
+
+def _fit_prob_mse(p: np.ndarray) -> tuple[float, float, float]:
+    """Least squares of theta_{i-1} against P(A)_i in probability space; return (a, b, loss).
+
+    Started from the log-odds fit, which is exact on noiseless curves and close otherwise,
+    so the local optimiser lands in the right basin; this makes the fit deterministic.
+    """
+    x = _steps(*p.shape).ravel()
+    y = p.ravel()
+
+    def residuals(params: np.ndarray) -> np.ndarray:
+        return expit(params[0] + params[1] * x) - y
+
+    def jacobian(params: np.ndarray) -> np.ndarray:
+        theta = expit(params[0] + params[1] * x)
+        slope = theta * (1.0 - theta)
+        return np.column_stack([slope, slope * x])
+
+    a0, b0, _ = _fit_logodds(p)
+    # Keep the start strictly inside the bounds, which least_squares requires.
+    inner = _PARAM_BOUND * (1.0 - 1e-9)
+    start = np.clip([a0, b0], -inner, inner)
+    result = least_squares(
+        residuals,
+        start,
+        jac=jacobian,
+        bounds=(-_PARAM_BOUND, _PARAM_BOUND),
+        method="trf",
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+    )
+    a, b = result.x
+    return float(a), float(b), float(np.mean(result.fun**2))
+
+
+_FITTERS = {"prob_mse": _fit_prob_mse, "logodds": _fit_logodds}
+
+
+def fit_learner(p_correct: np.ndarray, method: str = "prob_mse") -> LearnerFit:
+    """Fit c and theta_0 to P(A) curves of shape (R, N) or (N,).
+
+    Column j of ``p_correct`` is example j + 1, compared with theta_j.
+    """
+    _check_method(method)
+    p = _as_curves(p_correct)
+    a, b, loss = _FITTERS[method](p)
+    return LearnerFit(
+        c=float(expit(b)),
+        theta0=float(expit(a)),
+        loss=loss,
+        rmse=math.sqrt(loss),
+        method=method,
+    )
+
+
+def bootstrap_c(
+    p_correct: np.ndarray,
+    method: str,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of c from resampling replicates (rows) with replacement.
+
+    Replicates, not examples, are resampled because examples within a curve are dependent
+    (each belief builds on the last). With one replicate there is nothing to resample, so
+    the interval is (nan, nan).
+    """
+    _check_method(method)
+    _check_open_unit("level", level)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot!r}")
+    p = _as_curves(p_correct)
+    n_replicates = p.shape[0]
+    if n_replicates == 1:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_replicates, size=(n_boot, n_replicates))
+    cs = np.array([fit_learner(p[idx], method).c for idx in rows])
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(cs, [tail, 1.0 - tail])
+    return (float(lo), float(hi))
+
+
+def _curves_from_group(group: pl.DataFrame) -> np.ndarray:
+    """Pivot one (model, task) group's long surprisal rows into an (R, N) P(A) array.
+
+    The grid must be complete (every replicate has examples 1..N exactly once), because the
+    column position is taken as the number of examples already seen.
+    """
+    ordered = group.sort("replicate", "example")
+    n_replicates = ordered["replicate"].n_unique()
+    n_examples = ordered["example"].n_unique()
+    complete = (
+        ordered.height == n_replicates * n_examples
+        and not ordered.select(pl.struct("replicate", "example").is_duplicated().any()).item()
+    )
+    if not complete:
+        raise ValueError("each replicate must have every example exactly once")
+    examples = ordered["example"].head(n_examples).to_list()
+    if examples != list(range(1, n_examples + 1)):
+        raise ValueError(f"examples must be 1..{n_examples} with no gaps, got {examples}")
+    p = ordered.select(pl.col("surprisal_nats").neg().exp()).to_series().to_numpy()
+    return p.reshape(n_replicates, n_examples)
+
+
+def _fit_row(
+    model: str, task: str, p: np.ndarray, method: str, n_boot: int, seed: int, level: float
+) -> dict:
+    fit = fit_learner(p, method)
+    c_lo, c_hi = bootstrap_c(p, method, n_boot=n_boot, seed=seed, level=level)
+    return {
+        # Group keys are stringified so the output schema is stable whatever the input dtype.
+        "model": str(model),
+        "task": str(task),
+        "method": method,
+        "c": fit.c,
+        "theta0": fit.theta0,
+        "loss": fit.loss,
+        "rmse": fit.rmse,
+        "c_lo": c_lo,
+        "c_hi": c_hi,
+        # Comparisons with nan are False, so an undefined interval never "contains" ln 2.
+        "ln2_inside": bool(c_lo <= LN2 <= c_hi),
+        "c_minus_ln2": fit.c - LN2,
+        "log_odds_slope": float(logit(fit.c)),
+        "n_replicates": p.shape[0],
+        "n_examples": p.shape[1],
+        "interval_level": level,
+        "n_boot": n_boot,
+    }
+
+
+_TABLE_SCHEMA = {
+    "model": pl.String,
+    "task": pl.String,
+    "method": pl.String,
+    "c": pl.Float64,
+    "theta0": pl.Float64,
+    "loss": pl.Float64,
+    "rmse": pl.Float64,
+    "c_lo": pl.Float64,
+    "c_hi": pl.Float64,
+    "ln2_inside": pl.Boolean,
+    "c_minus_ln2": pl.Float64,
+    "log_odds_slope": pl.Float64,
+    "n_replicates": pl.Int64,
+    "n_examples": pl.Int64,
+    "interval_level": pl.Float64,
+    "n_boot": pl.Int64,
+}
+
+
+def fit_table(
+    surprisal: pl.DataFrame,
+    methods: tuple[str, ...] = METHODS,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pl.DataFrame:
+    """Fit the learner per (model, task, method) from long-format surprisal rows.
+
+    Input needs columns model, task, replicate, example (1-based) and surprisal_nats;
+    P(A) = exp(-surprisal_nats). Returns one row per (model, task, method), sorted.
+    """
+    for method in methods:
+        _check_method(method)
+    missing = [col for col in _FIT_COLUMNS if col not in surprisal.columns]
+    if missing:
+        raise ValueError(f"surprisal frame lacks columns {missing}")
+    rows = []
+    for (model, task), group in surprisal.group_by("model", "task"):
+        p = _curves_from_group(group)
+        rows.extend(_fit_row(model, task, p, m, n_boot, seed, level) for m in methods)
+    return pl.DataFrame(rows, schema=_TABLE_SCHEMA).sort("model", "task", "method")

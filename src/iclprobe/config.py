@@ -1,0 +1,262 @@
+"""Typed, validated settings built from the raw Snakemake config.
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks structure; this
+module checks what needs evaluating: task functions, templates, x ranges. Both
+run when the Snakefile is parsed, so a bad value fails before any job starts,
+and every message names the offending key and value.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from iclprobe.expr import ExpressionError, IntFunction, parse_function
+
+DEFAULT_TEMPLATE = "({x}, {y})"
+DEFAULT_SEPARATOR = ", "
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    batch_size: int = 8
+    top_k: int = 10
+    dtype: str = "auto"
+    device: str = "auto"
+    threads: int = 4
+
+
+@dataclass(frozen=True)
+class BayesSettings:
+    methods: tuple[str, ...] = ("prob_mse", "logodds")
+    n_boot: int = 200
+    interval_level: float = 0.95
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: the function, its x range, and how examples are written."""
+
+    name: str
+    function: str
+    x_low: int
+    x_high: int
+    n_examples: int
+    replicates: int
+    seed: int
+    template: str
+    separator: str
+    control: str | None = None
+    answer_low: int | None = None
+    answer_high: int | None = None
+
+    @property
+    def fn(self) -> IntFunction:
+        return parse_function(self.function)
+
+    @property
+    def xs(self) -> range:
+        return range(self.x_low, self.x_high + 1)
+
+    @property
+    def prefix(self) -> str:
+        """Template text before {x}."""
+        return self.template.split("{x}", 1)[0]
+
+    @property
+    def middle(self) -> str:
+        """Template text between {x} and {y}."""
+        return self.template.split("{x}", 1)[1].split("{y}", 1)[0]
+
+    @property
+    def suffix(self) -> str:
+        """Template text after {y}."""
+        return self.template.split("{y}", 1)[1]
+
+    @property
+    def terminator(self) -> str:
+        """Text that ends an answer: the template after {y}, else the separator."""
+        return self.suffix or self.separator
+
+    def candidates(self) -> list[int]:
+        """The candidate answers: answer_range if set, else every f(x) on the x range."""
+        if self.answer_low is not None:
+            return list(range(self.answer_low, self.answer_high + 1))
+        return sorted(set(self.fn.values(self.xs)))
+
+    def as_params(self) -> dict[str, Any]:
+        """Everything that determines the prompts; a change reruns this task only."""
+        return {
+            "name": self.name,
+            "function": self.function,
+            "x_range": [self.x_low, self.x_high],
+            "n_examples": self.n_examples,
+            "replicates": self.replicates,
+            "seed": self.seed,
+            "template": self.template,
+            "separator": self.separator,
+            "control": self.control,
+            "answer_range": None
+            if self.answer_low is None
+            else [self.answer_low, self.answer_high],
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Task:
+        answer = params.get("answer_range")
+        return cls(
+            name=params["name"],
+            function=params["function"],
+            x_low=params["x_range"][0],
+            x_high=params["x_range"][1],
+            n_examples=params["n_examples"],
+            replicates=params["replicates"],
+            seed=params["seed"],
+            template=params["template"],
+            separator=params["separator"],
+            control=params.get("control"),
+            answer_low=None if answer is None else answer[0],
+            answer_high=None if answer is None else answer[1],
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: dict[str, dict[str, Any]]
+    tasks: dict[str, Task]
+    forward: ForwardSettings
+    bayes: BayesSettings
+
+    def control_of(self, task: str) -> str | None:
+        """The shuffled twin of a task (same function, range, template), if configured."""
+        t = self.tasks[task]
+        if t.control is not None:
+            return None
+        for other in self.tasks.values():
+            if other.control == "shuffled" and _same_draw(t, other):
+                return other.name
+        return None
+
+
+def _same_draw(a: Task, b: Task) -> bool:
+    keys = ("function", "x_low", "x_high", "n_examples", "template", "separator")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def validate_schema(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Check the raw config against the JSON schema, naming the bad key on failure."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"config key {where}: {e.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
+    """Build validated settings from a raw config dict (as Snakemake's `config`)."""
+    if check_schema:
+        validate_schema(raw)
+    fwd = ForwardSettings(**raw.get("forward", {}))
+    bay = raw.get("bayes", {})
+    bayes = BayesSettings(
+        methods=tuple(bay.get("methods", BayesSettings.methods)),
+        n_boot=bay.get("n_boot", BayesSettings.n_boot),
+        interval_level=bay.get("interval_level", BayesSettings.interval_level),
+    )
+    tasks = {name: _build_task(name, spec, raw) for name, spec in sorted(raw["tasks"].items())}
+    return Settings(models=dict(raw["models"]), tasks=tasks, forward=fwd, bayes=bayes)
+
+
+def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
+    where = f"tasks.{name}"
+    low, high = spec["x_range"]
+    if low > high:
+        raise ConfigError(f"{where}.x_range: [{low}, {high}] is empty; write [low, high]")
+    n_x = high - low + 1
+    if spec["n_examples"] > n_x:
+        raise ConfigError(
+            f"{where}.n_examples: {spec['n_examples']} is more than the {n_x} distinct x in "
+            f"x_range [{low}, {high}]; x are drawn without replacement, so use at most {n_x} "
+            "or widen x_range"
+        )
+    template = spec.get("template", raw.get("template", DEFAULT_TEMPLATE))
+    separator = spec.get("separator", raw.get("separator", DEFAULT_SEPARATOR))
+    _check_template(where, template, separator)
+    answer = spec.get("answer_range")
+    task = Task(
+        name=name,
+        function=spec["function"],
+        x_low=low,
+        x_high=high,
+        n_examples=spec["n_examples"],
+        replicates=raw.get("replicates", 10),
+        seed=raw.get("seed", 0),
+        template=template,
+        separator=separator,
+        control=spec.get("control"),
+        answer_low=None if answer is None else answer[0],
+        answer_high=None if answer is None else answer[1],
+    )
+    try:
+        ys = task.fn.values(task.xs)
+    except ExpressionError as err:
+        raise ConfigError(f"{where}.function: {err}") from None
+    if answer is not None:
+        if answer[0] > answer[1]:
+            raise ConfigError(f"{where}.answer_range: {answer} is empty; write [low, high]")
+        outside = [(x, y) for x, y in zip(task.xs, ys) if not answer[0] <= y <= answer[1]]
+        if outside:
+            x, y = outside[0]
+            raise ConfigError(
+                f"{where}: answer f({x}) = {y} of function {task.function!r} falls outside "
+                f"answer_range {answer} ({len(outside)} x values do); widen answer_range "
+                "or narrow x_range"
+            )
+    return task
+
+
+def _check_template(where: str, template: str, separator: str) -> None:
+    """Reject templates whose numbers could merge with their neighbours when tokenized."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    if sorted(fields) != ["x", "y"]:
+        raise ConfigError(
+            f"{where}.template: {template!r} must contain {{x}} and {{y}} exactly once and no "
+            f"other fields (found {fields})"
+        )
+    if template.index("{y}") < template.index("{x}"):
+        raise ConfigError(f"{where}.template: {template!r} has {{y}} before {{x}}; put x first")
+    prefix, rest = template.split("{x}", 1)
+    middle, suffix = rest.split("{y}", 1)
+    terminator = suffix or separator
+    # Text between the previous answer and the next x.
+    between = suffix + separator + prefix
+    checks = {
+        "between {x} and {y}": middle,
+        "after {y} (the answer's terminator)": terminator,
+        "between one example's {y} and the next {x}": between,
+    }
+    for what, text in checks.items():
+        if not text:
+            raise ConfigError(
+                f"{where}.template/separator: {template!r} with separator {separator!r} has "
+                f"nothing {what}, so the numbers would run together"
+            )
+        if text[0].isdigit() or text[-1].isdigit() or text[-1] in "+-":
+            raise ConfigError(
+                f"{where}.template/separator: {template!r} with separator {separator!r} puts "
+                f"{text!r} {what}; a digit or sign next to a number would merge with it"
+            )

@@ -1,0 +1,151 @@
+"""Answer log-probabilities from one teacher-forced forward pass per sequence.
+
+A causal LM gives the next-token distribution at every prefix at once, so
+scoring all N answers of a replicate takes one pass, not N. An answer's
+log-probability is the sum over every token whose character span meets the
+answer span (digits of y plus the terminator) of log P(token | all before it).
+This is exact for any tokenizer: digit-per-token (SmolLM2, Llama-2) or
+one-token numbers (GPT-2, Llama-3).
+
+Sequences are batched with right padding: a causal model's real tokens never
+attend to the pads after them, and their position ids stay 0..L-1, so padding
+changes nothing (tests/test_scoring.py checks batch 1 against batch 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class TokenizationError(ValueError):
+    """The prompt text cannot be scored with this tokenizer."""
+
+
+@dataclass
+class EncodedSequence:
+    input_ids: list[int]
+    # For each answer span, the indices of the tokens that meet it.
+    answer_tokens: list[list[int]]
+
+
+def tokens_meeting(offsets: list[tuple[int, int]], start: int, end: int) -> list[int]:
+    """Indices of tokens whose character span [a, b) meets [start, end).
+
+    Zero-width tokens (BOS and other specials have offsets (0, 0)) meet nothing.
+    """
+    return [t for t, (a, b) in enumerate(offsets) if a < b and a < end and b > start]
+
+
+def encode(tokenizer, text: str, spans: list[tuple[int, int]]) -> EncodedSequence:
+    """Tokenize one replicate and map each answer span to its tokens."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    if decoded != text:
+        raise TokenizationError(
+            f"tokenizer {type(tokenizer).__name__} does not round-trip the prompt: "
+            f"{text[:60]!r}… decodes as {decoded[:60]!r}…; its answer tokens cannot be located"
+        )
+    answer_tokens = []
+    for start, end in spans:
+        toks = tokens_meeting(offsets, start, end)
+        if not toks:
+            raise TokenizationError(f"no token covers characters {start}:{end} of {text!r}")
+        if toks[0] == 0:
+            raise TokenizationError(
+                f"the answer at characters {start}:{end} starts the sequence; it has no context"
+            )
+        answer_tokens.append(toks)
+    return EncodedSequence(ids, answer_tokens)
+
+
+@dataclass
+class AnswerScore:
+    """Everything recorded about one answer, position by position."""
+
+    token_ids: list[int]
+    token_logprobs: list[float]
+    greedy_ids: list[int]
+    topk_ids: list[list[int]]
+    topk_logits: list[list[float]]
+    log_normalizer: list[float]
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+
+@torch.no_grad()
+def score_batch(model, batch: list[EncodedSequence], pad_id: int, top_k: int):
+    """One forward pass over right-padded sequences; returns AnswerScores per sequence."""
+    device = next(model.parameters()).device
+    length = max(len(s.input_ids) for s in batch)
+    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq.input_ids)] = torch.tensor(seq.input_ids)
+        mask[row, : len(seq.input_ids)] = 1
+    # Logits are only needed at the positions that predict answer tokens.
+    keep = sorted({t - 1 for seq in batch for toks in seq.answer_tokens for t in toks})
+    column = {pos: col for col, pos in enumerate(keep)}
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        logits_to_keep=torch.tensor(keep, device=device),
+    )
+    logits = out.logits.float()
+    log_norm = torch.logsumexp(logits, dim=-1)
+    top_vals, top_ids = logits.topk(top_k, dim=-1)
+    greedy = logits.argmax(dim=-1)
+    results = []
+    for row, seq in enumerate(batch):
+        scores = []
+        for toks in seq.answer_tokens:
+            cols = [column[t - 1] for t in toks]
+            target = [seq.input_ids[t] for t in toks]
+            picked = logits[row, cols, target] - log_norm[row, cols]
+            scores.append(
+                AnswerScore(
+                    token_ids=target,
+                    token_logprobs=picked.tolist(),
+                    greedy_ids=greedy[row, cols].tolist(),
+                    topk_ids=top_ids[row, cols].tolist(),
+                    topk_logits=top_vals[row, cols].tolist(),
+                    log_normalizer=log_norm[row, cols].tolist(),
+                )
+            )
+        results.append(scores)
+    return results
+
+
+def score_sequences(
+    model, tokenizer, encoded: list[EncodedSequence], batch_size: int = 8, top_k: int = 10
+) -> list[list[AnswerScore]]:
+    """Score every sequence in batches, logging progress for long jobs."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    results: list[list[AnswerScore]] = []
+    started = time.monotonic()
+    n_tokens = 0
+    for first in range(0, len(encoded), batch_size):
+        batch = encoded[first : first + batch_size]
+        results.extend(score_batch(model, batch, pad_id, top_k))
+        n_tokens += sum(len(s.input_ids) for s in batch)
+        elapsed = time.monotonic() - started
+        log.info(
+            "scored %d/%d sequences (%d tokens, %.1f s, %.0f tokens/s)",
+            len(results),
+            len(encoded),
+            n_tokens,
+            elapsed,
+            n_tokens / max(elapsed, 1e-9),
+        )
+    return results

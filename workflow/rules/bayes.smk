@@ -1,0 +1,26 @@
+rule bayes:
+    input:
+        "results/surprisal/{model}/{task}.parquet",
+    output:
+        "results/bayes/{model}/{task}.parquet",
+    log:
+        "logs/bayes/{model}/{task}.log",
+    params:
+        methods=list(SETTINGS.bayes.methods),
+        n_boot=SETTINGS.bayes.n_boot,
+        level=SETTINGS.bayes.interval_level,
+        seed=config.get("seed", 0),
+        format_version=FORMAT_VERSION,
+    script:
+        "../scripts/bayes.py"
+
+
+rule bayes_table:
+    input:
+        expand("results/bayes/{model}/{task}.parquet", model=MODELS, task=TASKS),
+    output:
+        "results/bayes.parquet",
+    log:
+        "logs/bayes_table.log",
+    script:
+        "../scripts/concat_tables.py"

@@ -1,0 +1,62 @@
+# Settings shared by every rule: the validated config and the target lists.
+from iclprobe.config import ConfigError, load_settings
+from iclprobe.io import FORMAT_VERSION
+
+try:
+    # The schema already ran (validate() in the Snakefile); this adds the checks
+    # that evaluate task functions and templates, before any job starts.
+    SETTINGS = load_settings(config, check_schema=False)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+MODELS = sorted(SETTINGS.models)
+TASKS = sorted(SETTINGS.tasks)
+TASK_FIGURES = [
+    "lm-surprisal",
+    "lm-prior",
+    "simulated-surprisal",
+    "simulated-prior",
+    "cumulative-information",
+]
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    task="|".join(TASKS),
+
+
+def task_params(wildcards):
+    return SETTINGS.tasks[wildcards.task].as_params()
+
+
+def model_spec(wildcards):
+    return SETTINGS.models[wildcards.model]
+
+
+def control_surprisal(wildcards):
+    """The shuffled twin's surprisal table, when the task has one."""
+    control = SETTINGS.control_of(wildcards.task)
+    if control is None:
+        return []
+    return f"results/surprisal/{wildcards.model}/{control}.parquet"
+
+
+def all_outputs():
+    per_pair = expand(
+        [
+            "results/forward/{model}/{task}.parquet",
+            "results/surprisal/{model}/{task}.parquet",
+            "results/bayes/{model}/{task}.parquet",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+    figures = expand(
+        "results/figures/{model}/{task}/{figure}.png",
+        model=MODELS,
+        task=TASKS,
+        figure=TASK_FIGURES,
+    )
+    tables = ["results/surprisal.parquet", "results/bayes.parquet"]
+    cross = ["results/figures/c_by_model_and_task.png"]
+    return per_pair + figures + tables + cross

@@ -1,0 +1,20 @@
+rule forward:
+    input:
+        prompts="results/prompts/{task}.parquet",
+        model="resources/models/{model}",
+    output:
+        "results/forward/{model}/{task}.parquet",
+    log:
+        "logs/forward/{model}/{task}.log",
+    threads: SETTINGS.forward.threads
+    resources:
+        mem_mb=4000,
+    params:
+        # Batch size and threads are read from the config inside the script:
+        # they change speed, not results, so changing them reruns nothing.
+        top_k=SETTINGS.forward.top_k,
+        dtype=SETTINGS.forward.dtype,
+        device=SETTINGS.forward.device,
+        format_version=FORMAT_VERSION,
+    script:
+        "../scripts/forward.py"

@@ -1,0 +1,11 @@
+rule prepare_model:
+    output:
+        directory("resources/models/{model}"),
+    log:
+        "logs/prepare_model/{model}.log",
+    resources:
+        mem_mb=4000,
+    params:
+        spec=model_spec,
+    script:
+        "../scripts/prepare_model.py"

@@ -1,0 +1,26 @@
+"""Rule forward: one teacher-forced pass per replicate; the logits cache."""
+
+import torch
+
+from iclprobe.forward import run_forward
+from iclprobe.io import read_metadata, read_table, write_table
+from iclprobe.logs import to_rule_log
+from iclprobe.models import load_prepared
+
+to_rule_log(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+forward_config = snakemake.config.get("forward", {})
+model, tokenizer, info = load_prepared(
+    snakemake.input.model, dtype=snakemake.params.dtype, device=snakemake.params.device
+)
+table = run_forward(
+    read_table(snakemake.input.prompts),
+    model,
+    tokenizer,
+    model_name=snakemake.wildcards.model,
+    max_positions=info["max_positions"],
+    batch_size=forward_config.get("batch_size", 8),
+    top_k=snakemake.params.top_k,
+)
+metadata = {**read_metadata(snakemake.input.prompts), "model": info}
+write_table(table, snakemake.output[0], metadata)
