@@ -1,0 +1,390 @@
+"""Figures of in-context learning curves and of the Bayesian learner fitted to them.
+
+Per (model, task), after the seed essay: the LM's surprisal and P(A) per example with a band
+over replicates, the fitted learner overlaid, the learner alone beside the c = ln 2 learner,
+and the information needed to learn the task (cumulative surprisal against the uniform code
+and the shuffled control). Across models and tasks: the fitted c with its interval.
+
+Each figure has a ``build_*`` function returning the open Figure (for inspection) and a
+function of the same name without the prefix that builds it and saves it atomically to a PNG.
+Bands are percentile intervals over replicates (``BAND``), not confidence intervals of the
+mean; the legend says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from iclprobe.bayes import LN2, METHODS, simulate_learner
+
+DPI = 120
+FIG_SIZE = (8.0, 5.0)
+BAND = ("pi", 95)
+BAND_TEXT = "band: central 95% of replicates"
+EXAMPLE_LABEL = "example i (1-based)"
+
+# Per-example quantity -> (what the figure shows, y-axis label).
+_QUANTITIES = {
+    "surprisal_bits": ("surprisal of the correct answer", "surprisal −log₂ P(yᵢ) (bits)"),
+    "p_correct": ("probability of the correct answer, P(A)", "P(A) (probability)"),
+}
+
+TASK_FIGURES = (
+    "lm-surprisal.png",
+    "lm-prior.png",
+    "simulated-surprisal.png",
+    "simulated-prior.png",
+    "cumulative-information.png",
+)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _only(frame: pl.DataFrame, column: str):
+    """The single value of ``column`` in ``frame``; raise if it is absent or not unique."""
+    values = frame[column].unique().to_list()
+    if len(values) != 1:
+        raise ValueError(f"expected one {column} in the table, found {sorted(map(str, values))}")
+    return values[0]
+
+
+def _ids(frame: pl.DataFrame) -> tuple[str, str]:
+    if frame.height == 0:
+        raise ValueError("the table is empty")
+    return str(_only(frame, "model")), str(_only(frame, "task"))
+
+
+def _fit_row(
+    bayes: pl.DataFrame, method: str, model: str | None = None, task: str | None = None
+) -> dict:
+    """The one bayes row for ``method`` (and the given model and task, when given)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)}")
+    rows = bayes.filter(pl.col("method") == method)
+    if model is not None:
+        rows = rows.filter((pl.col("model") == model) & (pl.col("task") == task))
+    if rows.height != 1:
+        where = f" for model {model!r}, task {task!r}" if model is not None else ""
+        raise ValueError(f"expected one {method!r} fit{where}, found {rows.height}")
+    return rows.row(0, named=True)
+
+
+def _title(what: str, model: str, task: str, function: str | None) -> str:
+    task_text = f"{task} ({function})" if function else task
+    return f"{what}\nmodel: {model} · task: {task_text}"
+
+
+def _fit_label(row: dict) -> str:
+    """'c = 0.693 [0.61, 0.77] (95% bootstrap CI), θ₀ = 0.120', or a note when no interval."""
+    c_lo, c_hi = row["c_lo"], row["c_hi"]
+    if c_lo is None or c_hi is None or math.isnan(c_lo) or math.isnan(c_hi):
+        interval = f" (no interval: {row['n_replicates']} replicate)"
+    else:
+        interval = f" [{c_lo:.3f}, {c_hi:.3f}] ({row['interval_level']:.0%} bootstrap CI)"
+    return f"c = {row['c']:.3f}{interval}, θ₀ = {row['theta0']:.3f}"
+
+
+@contextmanager
+def _drawing() -> Iterator[None]:
+    """The figures' seaborn style; figures opened inside are closed if drawing fails."""
+    opened = set(plt.get_fignums())
+    try:
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            yield
+    except BaseException:
+        for number in set(plt.get_fignums()) - opened:
+            plt.close(number)
+        raise
+
+
+def _new_axes():
+    _, ax = plt.subplots(figsize=FIG_SIZE, dpi=DPI)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
+def _finish(ax, title: str, ylabel: str, xlabel: str = EXAMPLE_LABEL) -> Figure:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    # Below the axes, so that it never hides a curve or the reference lines.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` through a temporary file in the same folder, then close it."""
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _n_examples(surprisal: pl.DataFrame) -> int:
+    return int(surprisal["example"].max())
+
+
+def _learner_curve(c: float, theta0: float, n: int) -> pl.DataFrame:
+    """The learner's P(A) at examples 1..n (theta_{i-1}) and its surprisal in bits."""
+    theta = simulate_learner(c, theta0, n)
+    return pl.DataFrame(
+        {"example": np.arange(1, n + 1), "p_correct": theta, "surprisal_bits": -np.log2(theta)}
+    )
+
+
+def _draw_learner(ax, c: float, theta0: float, n: int, y: str, label: str, **style) -> None:
+    curve = _learner_curve(c, theta0, n).to_pandas()
+    sns.lineplot(data=curve, x="example", y=y, ax=ax, label=label, **style)
+
+
+def _draw_replicates(ax, frame: pl.DataFrame, y: str, who: str, **style) -> None:
+    """Mean over replicates with the percentile band."""
+    n_rep = frame["replicate"].n_unique()
+    label = f"{who}: mean of {n_rep} replicates ({BAND_TEXT})"
+    data = frame.select("replicate", "example", y).to_pandas()
+    sns.lineplot(data=data, x="example", y=y, errorbar=BAND, ax=ax, label=label, **style)
+
+
+def _draw_control(ax, control: pl.DataFrame | None, y: str, **style) -> None:
+    if control is None or control.height == 0:
+        return
+    n_rep = control["replicate"].n_unique()
+    data = control.select("example", y).to_pandas()
+    label = f"shuffled control: mean of {n_rep} replicates"
+    sns.lineplot(data=data, x="example", y=y, errorbar=None, ax=ax, label=label, **style)
+
+
+_LM_STYLE = {"color": "C0", "marker": "o", "markersize": 4}
+_FIT_STYLE = {"color": "C3", "linestyle": "--"}
+_REF_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 2}
+_CONTROL_STYLE = {"color": "C2", "linestyle": "-.", "marker": "s", "markersize": 3}
+
+
+# ------------------------------------------------------------------- per-task figures
+
+
+def _build_lm(
+    surprisal: pl.DataFrame,
+    bayes: pl.DataFrame,
+    y: str,
+    control: pl.DataFrame | None,
+    method: str,
+    function: str | None,
+) -> Figure:
+    """LM curve of ``y`` with band, the fitted learner, the control's mean if given and (for
+    surprisal) the uniform code."""
+    model, task = _ids(surprisal)
+    row = _fit_row(bayes, method, model, task)
+    what, ylabel = _QUANTITIES[y]
+    with _drawing():
+        ax = _new_axes()
+        _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
+        label = f"fitted learner ({method}): {_fit_label(row)}"
+        _draw_learner(ax, row["c"], row["theta0"], _n_examples(surprisal), y, label, **_FIT_STYLE)
+        _draw_control(ax, control, y, **_CONTROL_STYLE)
+        if y == "surprisal_bits":
+            uniform = float(_only(surprisal, "uniform_bits"))
+            ax.axhline(uniform, label=f"uniform code log₂|Y| = {uniform:.2f} bits", **_REF_STYLE)
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        return _finish(ax, _title(f"LM {what}", model, task, function), ylabel)
+
+
+def build_lm_surprisal(surprisal, bayes, control=None, method="prob_mse", function=None):
+    return _build_lm(surprisal, bayes, "surprisal_bits", control, method, function)
+
+
+def build_lm_prior(surprisal, bayes, control=None, method="prob_mse", function=None):
+    return _build_lm(surprisal, bayes, "p_correct", control, method, function)
+
+
+def lm_surprisal(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
+    """The seed's lm-surprisal figure: LM surprisal (bits) per example, fit and references."""
+    return _save(build_lm_surprisal(surprisal, bayes, control, method, function), path)
+
+
+def lm_prior(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
+    """The seed's lm-prior figure: LM P(A) per example with the fitted learner's θ."""
+    return _save(build_lm_prior(surprisal, bayes, control, method, function), path)
+
+
+def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | None) -> Figure:
+    """The fitted learner's curve of ``y`` beside the c = ln 2 learner with the same θ₀."""
+    row = _fit_row(bayes, method)
+    n = int(row["n_examples"])
+    what, ylabel = _QUANTITIES[y]
+    ylabel = ylabel.replace("P(yᵢ)", "θᵢ₋₁").replace("P(A)", "learner belief θᵢ₋₁ = P(A)")
+    with _drawing():
+        ax = _new_axes()
+        fitted = f"fitted learner ({method}): {_fit_label(row)}"
+        _draw_learner(ax, row["c"], row["theta0"], n, y, fitted, marker="o", color="C3")
+        reference = f"reference learner: c = ln 2 ≈ {LN2:.3f}, θ₀ = {row['theta0']:.3f}"
+        _draw_learner(ax, LN2, row["theta0"], n, y, reference, **_REF_STYLE)
+        if y == "p_correct":
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.set_ylim(bottom=0)
+        title = _title(f"Simulated Bayesian learner: {what}", row["model"], row["task"], function)
+        return _finish(ax, title, ylabel)
+
+
+def build_simulated_surprisal(bayes, method="prob_mse", function=None) -> Figure:
+    return _build_simulated(bayes, "surprisal_bits", method, function)
+
+
+def build_simulated_prior(bayes, method="prob_mse", function=None) -> Figure:
+    return _build_simulated(bayes, "p_correct", method, function)
+
+
+def simulated_surprisal(bayes, path, method="prob_mse", function=None) -> Path:
+    """The seed's simulated-surprisal figure: -log₂ θᵢ₋₁ for the fitted c and for c = ln 2."""
+    return _save(build_simulated_surprisal(bayes, method, function), path)
+
+
+def simulated_prior(bayes, path, method="prob_mse", function=None) -> Path:
+    """The seed's simulated-prior figure: θᵢ₋₁ for the fitted c and for c = ln 2."""
+    return _save(build_simulated_prior(bayes, method, function), path)
+
+
+def build_cumulative_information(surprisal, control=None, function=None) -> Figure:
+    """I_k = Σ_{i≤k} sᵢ with band, the uniform code k·log₂|Y| and the shuffled control."""
+    model, task = _ids(surprisal)
+    y = "cumulative_bits"
+    uniform = float(_only(surprisal, "uniform_bits"))
+    with _drawing():
+        ax = _new_axes()
+        _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
+        _draw_control(ax, control, y, **_CONTROL_STYLE)
+        ks = np.arange(0, _n_examples(surprisal) + 1)
+        label = f"uniform code k·log₂|Y| ({uniform:.2f} bits per example)"
+        sns.lineplot(x=ks, y=ks * uniform, ax=ax, label=label, **_REF_STYLE)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        title = _title(
+            r"Information to learn the task, $I_k = \sum_{i \leq k}\, s_i$",
+            model,
+            task,
+            function,
+        )
+        return _finish(ax, title, r"cumulative surprisal $I_k$ (bits)", "examples seen k")
+
+
+def cumulative_information(surprisal, path, control=None, function=None) -> Path:
+    """Cumulative surprisal: the information the LM needed to learn the task."""
+    return _save(build_cumulative_information(surprisal, control, function), path)
+
+
+def task_figures(
+    surprisal: pl.DataFrame,
+    bayes: pl.DataFrame,
+    out_dir: str | os.PathLike,
+    control: pl.DataFrame | None = None,
+    function: str | None = None,
+    method: str = "prob_mse",
+) -> list[Path]:
+    """Write the five per-task figures (``TASK_FIGURES``) into ``out_dir``; return the paths."""
+    model, task = _ids(surprisal)
+    row_bayes = bayes.filter((pl.col("model") == model) & (pl.col("task") == task))
+    out = Path(out_dir)
+    paths = dict(zip(TASK_FIGURES, (out / name for name in TASK_FIGURES)))
+    return [
+        lm_surprisal(surprisal, row_bayes, paths["lm-surprisal.png"], control, method, function),
+        lm_prior(surprisal, row_bayes, paths["lm-prior.png"], control, method, function),
+        simulated_surprisal(row_bayes, paths["simulated-surprisal.png"], method, function),
+        simulated_prior(row_bayes, paths["simulated-prior.png"], method, function),
+        cumulative_information(surprisal, paths["cumulative-information.png"], control, function),
+    ]
+
+
+# ------------------------------------------------------------------ cross-model figure
+
+
+def _draw_c_points(*, data, tasks: list[str], models: list[str], color, label, **_) -> None:
+    """One model's fitted c per task, dodged by model, with bars where an interval exists."""
+    ax = plt.gca()
+    step = min(0.15, 0.6 / len(models))
+    offset = (models.index(label) - (len(models) - 1) / 2) * step
+    x = np.array([tasks.index(t) for t in data["task"]], dtype=float) + offset
+    c = data["c"].to_numpy(dtype=float)
+    lo = data["c_lo"].to_numpy(dtype=float)
+    hi = data["c_hi"].to_numpy(dtype=float)
+    has = np.isfinite(lo) & np.isfinite(hi)
+    yerr = np.vstack([np.clip(c - lo, 0, None), np.clip(hi - c, 0, None)])[:, has]
+    ax.errorbar(x[has], c[has], yerr=yerr, fmt="none", ecolor=color, capsize=4, elinewidth=1.5)
+    ax.plot(x, c, "o", color=color, markersize=7, label=label)
+
+
+def _legend_data(axes) -> dict:
+    """Handles by label over all panels (a model may be missing from one method's panel)."""
+    data: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            data.setdefault(label, handle)
+    return data
+
+
+def _interval_caption(bayes_all: pl.DataFrame) -> str:
+    levels = bayes_all["interval_level"].drop_nulls().unique().to_list()
+    level = f"{levels[0]:.0%} " if len(levels) == 1 else ""
+    return f"bars: {level}bootstrap interval over replicates; no bar: no interval (one replicate)"
+
+
+def build_c_by_model_and_task(bayes_all: pl.DataFrame) -> Figure:
+    """Fitted c per task (x), one colour per model, one panel per method; line at ln 2."""
+    if bayes_all.height == 0:
+        raise ValueError("the bayes table is empty")
+    tasks = sorted(bayes_all["task"].unique().to_list())
+    models = sorted(bayes_all["model"].unique().to_list())
+    methods = [m for m in METHODS if m in set(bayes_all["method"].to_list())]
+    data = bayes_all.select("model", "task", "method", "c", "c_lo", "c_hi").to_pandas()
+    with _drawing():
+        grid = sns.FacetGrid(
+            data, col="method", col_order=methods, hue="model", hue_order=models,
+            height=4.5, aspect=max(1.0, 0.35 * len(tasks)), dropna=False,
+        )  # fmt: skip
+        grid.map_dataframe(_draw_c_points, tasks=tasks, models=models)
+        for ax in grid.axes.flat:
+            ax.axhline(LN2, label="c = ln 2 (seed)", zorder=1, **_REF_STYLE)
+            ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+            ax.set_xlim(-0.5, len(tasks) - 0.5)
+            ax.grid(visible=False, axis="x")
+            ax.set_ylim(0, 1)
+        grid.set_titles("method: {col_name}")
+        grid.set_axis_labels("task", "fitted sensitivity c (probability)")
+        legend = _legend_data(grid.axes.flat)
+        grid.add_legend(legend_data=legend, label_order=list(legend), title="model")
+        grid.figure.suptitle(
+            f"Fitted learner sensitivity c by model and task\n{_interval_caption(bayes_all)}"
+        )
+        grid.figure.set_dpi(DPI)
+        grid.tight_layout()
+        return grid.figure
+
+
+def c_by_model_and_task(bayes_all: pl.DataFrame, path: str | os.PathLike) -> Path:
+    """Cross-model figure of the fitted c with its interval, per task and method."""
+    return _save(build_c_by_model_and_task(bayes_all), path)

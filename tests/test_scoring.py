@@ -1,0 +1,119 @@
+"""The single teacher-forced pass against one plain Hugging Face pass per prefix.
+
+Tolerance: 1e-4 nats, float32 on CPU. The reference runs the model on exactly
+the tokens before each answer token, no batching, no padding, no logits_to_keep.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import digit_tokenizer, number_tokenizer, tiny_gpt2, tiny_llama
+from iclprobe.config import Task
+from iclprobe.prompts import draw_examples, render
+from iclprobe.scoring import TokenizationError, encode, score_sequences, tokens_meeting
+
+TOL = 1e-4
+
+
+def _task(**overrides) -> Task:
+    spec = dict(
+        name="t", function="2*x + 3", x_low=0, x_high=300, n_examples=6, replicates=8,
+        seed=1, template="({x}, {y})", separator=", ",
+    )
+    return Task(**{**spec, **overrides})
+
+
+def _encoded(tokenizer, task: Task, replicates=range(1, 9)):
+    seqs = []
+    for r in replicates:
+        text, spans = render(task, *draw_examples(task, r))
+        seqs.append(encode(tokenizer, text, [(a, e) for a, _, e in spans]))
+    return seqs
+
+
+@torch.no_grad()
+def per_prefix_logprobs(model, seq) -> list[float]:
+    """Reference: one forward pass per answer token, on the prefix before it."""
+    answers = []
+    for toks in seq.answer_tokens:
+        total = 0.0
+        for t in toks:
+            prefix = torch.tensor([seq.input_ids[:t]])
+            logits = model(input_ids=prefix).logits[0, -1].double()
+            total += float(logits.log_softmax(-1)[seq.input_ids[t]])
+        answers.append(total)
+    return answers
+
+
+@pytest.mark.parametrize(
+    "make_tokenizer, make_model, single_token",
+    [(digit_tokenizer, tiny_llama, False), (number_tokenizer, tiny_gpt2, True)],
+    ids=["digits-llama", "numbers-gpt2"],
+)
+def test_single_pass_matches_one_pass_per_prefix(make_tokenizer, make_model, single_token):
+    tokenizer = make_tokenizer()
+    model = make_model(len(tokenizer))
+    seqs = _encoded(tokenizer, _task(), replicates=range(1, 4))
+    # With one-token numbers an answer is the number plus ")"; with digits, more.
+    sizes = {len(t) for s in seqs for t in s.answer_tokens}
+    assert sizes == {2} if single_token else max(sizes) >= 3
+    scores = score_sequences(model, tokenizer, seqs, batch_size=3)
+    for seq, seq_scores in zip(seqs, scores):
+        expected = per_prefix_logprobs(model, seq)
+        got = [s.logprob for s in seq_scores]
+        assert got == pytest.approx(expected, abs=TOL)
+
+
+def test_batch_of_eight_equals_batch_of_one():
+    tokenizer = digit_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    # x up to 300 makes replicate lengths differ, so batching pads.
+    seqs = _encoded(tokenizer, _task())
+    assert len({len(s.input_ids) for s in seqs}) > 1
+    one = score_sequences(model, tokenizer, seqs, batch_size=1)
+    eight = score_sequences(model, tokenizer, seqs, batch_size=8)
+    for a_seq, b_seq in zip(one, eight):
+        for a, b in zip(a_seq, b_seq):
+            assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=TOL)
+            assert a.greedy_ids == b.greedy_ids
+
+
+def test_recorded_logits_are_consistent():
+    """Top-k logits and the log-normaliser reproduce the recorded log-probs."""
+    tokenizer = digit_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    seqs = _encoded(tokenizer, _task(), replicates=[1])
+    (scores,) = score_sequences(model, tokenizer, seqs, top_k=len(tokenizer))
+    for s in scores:
+        for pos, target in enumerate(s.token_ids):
+            logit = s.topk_logits[pos][s.topk_ids[pos].index(target)]
+            assert logit - s.log_normalizer[pos] == pytest.approx(s.token_logprobs[pos], abs=TOL)
+            assert s.greedy_ids[pos] == s.topk_ids[pos][0]
+
+
+def test_answer_span_tokens():
+    offsets = [(0, 0), (0, 1), (1, 2), (2, 4), (4, 5)]
+    assert tokens_meeting(offsets, 1, 3) == [2, 3]
+    assert tokens_meeting(offsets, 0, 1) == [1]  # the zero-width BOS meets nothing
+
+
+def test_tokenizer_that_cannot_round_trip_is_refused():
+    tokenizer = digit_tokenizer()
+    # "é" is not in the vocabulary: it becomes <unk> and cannot be decoded back.
+    with pytest.raises(TokenizationError, match="does not round-trip"):
+        encode(tokenizer, "(1, é), (", [(4, 6)])
+
+
+@pytest.mark.real_model
+def test_real_model_single_pass_matches_per_prefix(smollm2):
+    model, tokenizer, _ = smollm2
+    task = _task(function="x", x_high=99, n_examples=5, template="({x}, {y})")
+    seqs = _encoded(tokenizer, task, replicates=[1, 2])
+    scores = score_sequences(model, tokenizer, seqs, batch_size=2)
+    for seq, seq_scores in zip(seqs, scores):
+        # SmolLM2 splits digits and writes the terminator as "),".
+        assert [tokenizer.decode(seq.input_ids[t]) for t in seq.answer_tokens[0]][-1] == "),"
+        expected = per_prefix_logprobs(model, seq)
+        assert [s.logprob for s in seq_scores] == pytest.approx(expected, abs=TOL)
