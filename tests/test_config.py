@@ -27,7 +27,10 @@ def _with(path: str, value):
 def test_default_config_loads():
     settings = load_settings(DEFAULT)
     assert sorted(settings.tasks) == [
-        "identity", "plus5", "seed_2x_plus_3", "seed_2x_plus_3_shuffled",
+        "identity",
+        "plus5",
+        "seed_2x_plus_3",
+        "seed_2x_plus_3_shuffled",
     ]
     seed = settings.tasks["seed_2x_plus_3"]
     assert seed.terminator == ")"

@@ -64,7 +64,9 @@ def test_unknown_hub_id_offline_gives_one_clear_line(tmp_path):
         f"prepare_model({{'hf': 'no-such-org/no-such-model'}}, {str(tmp_path / 'out')!r})\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("iclprobe.models.ModelError: cannot load hub id 'no-such-org/")

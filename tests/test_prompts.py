@@ -10,10 +10,17 @@ from iclprobe.prompts import make_prompts
 
 
 def _task(**overrides) -> Task:
-    spec = dict(
-        name="seed", function="2*x + 3", x_low=0, x_high=50, n_examples=30, replicates=4,
-        seed=0, template="({x}, {y})", separator=", ",
-    )
+    spec = {
+        "name": "seed",
+        "function": "2*x + 3",
+        "x_low": 0,
+        "x_high": 50,
+        "n_examples": 30,
+        "replicates": 4,
+        "seed": 0,
+        "template": "({x}, {y})",
+        "separator": ", ",
+    }
     return Task(**{**spec, **overrides})
 
 
@@ -29,7 +36,9 @@ def test_answer_spans_cover_y_and_terminator():
 
 def test_template_ending_at_y_uses_the_separator_as_terminator():
     prompts = make_prompts(_task(template="{x} -> {y}", separator="\n", n_examples=3))
-    for text, y, start, end in prompts.select("text", "y", "answer_start", "answer_end").iter_rows():
+    for text, y, start, end in prompts.select(
+        "text", "y", "answer_start", "answer_end"
+    ).iter_rows():
         assert text.count("\n") == 3  # the last answer is terminated too
         assert text[start:end] == f"{y}\n"
 

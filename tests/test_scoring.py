@@ -18,10 +18,17 @@ TOL = 1e-4
 
 
 def _task(**overrides) -> Task:
-    spec = dict(
-        name="t", function="2*x + 3", x_low=0, x_high=300, n_examples=6, replicates=8,
-        seed=1, template="({x}, {y})", separator=", ",
-    )
+    spec = {
+        "name": "t",
+        "function": "2*x + 3",
+        "x_low": 0,
+        "x_high": 300,
+        "n_examples": 6,
+        "replicates": 8,
+        "seed": 1,
+        "template": "({x}, {y})",
+        "separator": ", ",
+    }
     return Task(**{**spec, **overrides})
 
 

@@ -11,6 +11,8 @@ rule bayes:
         level=SETTINGS.bayes.interval_level,
         seed=config.get("seed", 0),
         format_version=FORMAT_VERSION,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/bayes.py"
 
@@ -22,5 +24,7 @@ rule bayes_table:
         "results/bayes.parquet",
     log:
         "logs/bayes_table.log",
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/concat_tables.py"

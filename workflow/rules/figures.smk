@@ -12,6 +12,8 @@ rule task_figures:
         "logs/figures/{model}/{task}.log",
     params:
         function=lambda w: SETTINGS.tasks[w.task].function,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/task_figures.py"
 
@@ -23,5 +25,7 @@ rule cross_figures:
         "results/figures/c_by_model_and_task.png",
     log:
         "logs/figures/cross.log",
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/cross_figures.py"

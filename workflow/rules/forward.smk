@@ -16,5 +16,7 @@ rule forward:
         dtype=SETTINGS.forward.dtype,
         device=SETTINGS.forward.device,
         format_version=FORMAT_VERSION,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/forward.py"

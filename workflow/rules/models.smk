@@ -7,5 +7,7 @@ rule prepare_model:
         mem_mb=4000,
     params:
         spec=model_spec,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/prepare_model.py"

@@ -7,6 +7,8 @@ rule surprisal:
         "logs/surprisal/{model}/{task}.log",
     params:
         format_version=FORMAT_VERSION,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/surprisal.py"
 
@@ -21,5 +23,7 @@ rule surprisal_table:
     params:
         controls={t: SETTINGS.control_of(t) for t in TASKS if SETTINGS.control_of(t)},
         format_version=FORMAT_VERSION,
+    conda:
+        "../envs/iclprobe.yaml"
     script:
         "../scripts/surprisal_table.py"

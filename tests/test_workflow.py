@@ -1,0 +1,175 @@
+"""The whole workflow, run by the real `snakemake` in a temporary folder.
+
+A tiny random Llama in a local folder keeps the DAG tests fast; one test runs
+every stage on the real SmolLM2 and checks the science: the identity task is
+learned, its shuffled control is not.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import REPO, SMOLLM2
+from iclprobe.io import read_metadata, read_table
+
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+FIGURES = [
+    "lm-surprisal",
+    "lm-prior",
+    "simulated-surprisal",
+    "simulated-prior",
+    "cumulative-information",
+]
+
+
+def small_config(model: dict, replicates: int = 2, n_examples: int = 6) -> dict:
+    return {
+        "models": {"m": model},
+        "tasks": {
+            "identity": {"function": "x", "x_range": [0, 99], "n_examples": n_examples},
+            "double": {"function": "2*x", "x_range": [0, 40], "n_examples": n_examples},
+            "double_shuffled": {
+                "function": "2*x",
+                "x_range": [0, 40],
+                "n_examples": n_examples,
+                "control": "shuffled",
+            },
+        },
+        "replicates": replicates,
+        "forward": {"batch_size": 2, "threads": 2},
+        "bayes": {"n_boot": 20},
+    }
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
+    return subprocess.run(
+        [*cmd, "--cores", "2", *args], capture_output=True, text=True, check=False
+    )
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule -> job count of a dry run (Snakemake's 'Job stats' table)."""
+    run = snakemake(workdir, "--dry-run", "all")
+    assert run.returncode == 0, run.stderr
+    text = run.stdout + run.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("Reasons:")[0]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE))
+    counts.pop("total", None)
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def expected_outputs(model: str, tasks: list[str]) -> list[str]:
+    files = ["results/surprisal.parquet", "results/bayes.parquet"]
+    files.append("results/figures/c_by_model_and_task.png")
+    for task in tasks:
+        files += [
+            f"results/prompts/{task}.parquet",
+            f"results/forward/{model}/{task}.parquet",
+            f"results/surprisal/{model}/{task}.parquet",
+            f"results/bayes/{model}/{task}.parquet",
+        ]
+        files += [f"results/figures/{model}/{task}/{f}.png" for f in FIGURES]
+    return files
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_llama_folder):
+    """A workflow folder after a complete run on the tiny model."""
+    workdir = tmp_path / "run"
+    write_config(workdir, small_config({"path": str(tiny_llama_folder)}))
+    run = snakemake(workdir, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
+def test_workflow_end_to_end_then_nothing_to_do(tiny_run):
+    for name in expected_outputs("m", ["identity", "double", "double_shuffled"]):
+        assert (tiny_run / name).is_file(), name
+    surprisal = read_table(tiny_run / "results" / "surprisal.parquet")
+    required = ["model", "task", "replicate", "example", "x", "y", "n_answer_tokens", "logprob"]
+    required += ["surprisal_nats", "surprisal_bits", "cumulative_bits"]
+    assert set(required) <= set(surprisal.columns)
+    assert surprisal.height == 3 * 2 * 6
+    double = surprisal.filter(pl.col("task") == "double")
+    assert double["control_task"].unique().to_list() == ["double_shuffled"]
+    assert double["control_surprisal_bits_mean"].is_not_null().all()
+    bayes = read_table(tiny_run / "results" / "bayes.parquet")
+    assert {"model", "task", "c", "theta0", "loss", "c_lo", "c_hi"} <= set(bayes.columns)
+    assert bayes.height == 3 * 2  # three tasks, two fitting methods
+    meta = read_metadata(tiny_run / "results" / "forward" / "m" / "identity.parquet")
+    assert meta["model"]["kind"] == "path" and meta["model"]["dtype"] == "float32"
+    assert meta["task"]["template"] == "({x}, {y})" and "torch" in meta["versions"]
+    # Each rule logged to its own file; the forward pass logged its progress.
+    assert "scored 2/2 sequences" in (tiny_run / "logs/forward/m/identity.log").read_text()
+    assert planned_jobs(tiny_run) == {}
+
+
+def test_changing_one_task_reruns_only_that_task(tiny_run):
+    config = yaml.safe_load((tiny_run / "config" / "config.yaml").read_text())
+    config["tasks"]["identity"]["function"] = "x + 1"
+    write_config(tiny_run, config)
+    jobs = planned_jobs(tiny_run)
+    per_task = {"prompts", "forward", "surprisal", "bayes", "task_figures"}
+    assert {rule: jobs[rule] for rule in per_task} == dict.fromkeys(per_task, 1)
+    assert "prepare_model" not in jobs
+    # The batch size changes speed, not results: nothing reruns.
+    config["tasks"]["identity"]["function"] = "x"
+    config["forward"]["batch_size"] = 1
+    write_config(tiny_run, config)
+    assert planned_jobs(tiny_run) == {}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus_key": 1}, r"bogus_key"),
+        ({"tasks": {"t": {"function": "x", "x_range": [0, 3], "n_examples": 9}}}, r"n_examples: 9"),
+        ({"tasks": {"t": {"function": "y", "x_range": [0, 9], "n_examples": 2}}}, r"name 'y'"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, tiny_llama_folder, change, message):
+    config = {**small_config({"path": str(tiny_llama_folder)}), **change}
+    write_config(tmp_path, config)
+    run = snakemake(tmp_path, "all")
+    assert run.returncode != 0
+    assert re.search(message, run.stdout + run.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.real_model
+def test_real_model_workflow_learns_identity_not_the_shuffled_control(tmp_path):
+    workdir = tmp_path / "real"
+    config = small_config(SMOLLM2, replicates=3, n_examples=16)
+    config["models"] = {"smollm2": SMOLLM2}
+    write_config(workdir, config)
+    run = snakemake(workdir, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in expected_outputs("smollm2", ["identity", "double", "double_shuffled"]):
+        assert (workdir / name).is_file(), name
+    surprisal = read_table(workdir / "results" / "surprisal.parquet")
+    late = (
+        surprisal.filter(pl.col("example") > 10)
+        .group_by("task")
+        .agg(pl.col("surprisal_nats").mean())
+    )
+    nats = dict(late.iter_rows())
+    assert nats["identity"] < 0.5  # learned: measured ≈ 0.2 nats
+    assert nats["double_shuffled"] > 2.0  # no rule: measured ≈ 4 nats
+    bayes = read_table(workdir / "results" / "bayes.parquet")
+    identity = bayes.filter(pl.col("task") == "identity", pl.col("method") == "prob_mse")
+    assert identity["c"][0] > 0.5  # belief in the rule grows
