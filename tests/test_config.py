@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from iclprobe.config import ConfigError, load_settings
+from iclprobe.config import ConfigError, check_config_file, load_settings
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
@@ -135,3 +135,24 @@ def test_template_per_task_overrides_the_default():
     settings = load_settings(raw)
     assert settings.tasks["identity"].terminator == "\n"
     assert settings.tasks["plus5"].template == "({x}, {y})"
+
+
+def test_duplicate_names_in_the_config_file_are_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "tasks:\n"
+        "  identity: {function: x, x_range: [0, 9], n_examples: 3}\n"
+        "  identity: {function: x + 1, x_range: [0, 9], n_examples: 3}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"line 3: key 'identity' is given twice \(first on line 2\)"
+    ):
+        check_config_file(path)
+    check_config_file(REPO / "config" / "config.yaml")  # the default has no duplicates
+
+
+def test_names_differing_only_in_case_are_refused():
+    raw = copy.deepcopy(DEFAULT)
+    raw["tasks"]["Identity"] = raw["tasks"]["identity"]
+    with pytest.raises(ConfigError, match=r"'Identity' and 'identity' differ only in case"):
+        load_settings(raw)

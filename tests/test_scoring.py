@@ -15,6 +15,8 @@ from iclprobe.prompts import draw_examples, render
 from iclprobe.scoring import TokenizationError, encode, score_sequences, tokens_meeting
 
 TOL = 1e-4
+# Batching must not change a float32 result at all beyond rounding (issue: 1e-6).
+BATCH_TOL = 1e-6
 
 
 def _task(**overrides) -> Task:
@@ -83,7 +85,7 @@ def test_batch_of_eight_equals_batch_of_one():
     eight = score_sequences(model, tokenizer, seqs, batch_size=8)
     for a_seq, b_seq in zip(one, eight):
         for a, b in zip(a_seq, b_seq):
-            assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=TOL)
+            assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=BATCH_TOL)
             assert a.greedy_ids == b.greedy_ids
 
 

@@ -33,7 +33,7 @@ class ForwardSettings:
     top_k: int = 10
     dtype: str = "auto"
     device: str = "auto"
-    threads: int = 4
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,35 @@ def validate_schema(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> Non
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}: line {line}: key {key!r} is given twice (first on line "
+                    f"{seen[key]}); YAML would silently keep only the last one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_config_file(path: Path | str) -> None:
+    """Refuse a config file with duplicate keys, e.g. two tasks of the same name."""
+    with open(path, encoding="utf-8") as fh:
+        yaml.load(fh, Loader=_StrictLoader)
+
+
 def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
     """Build validated settings from a raw config dict (as Snakemake's `config`)."""
     if check_schema:
         validate_schema(raw)
+    for section in ("models", "tasks"):
+        _check_case_collisions(section, raw[section])
     fwd = ForwardSettings(**raw.get("forward", {}))
     bay = raw.get("bayes", {})
     bayes = BayesSettings(
@@ -179,6 +204,18 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
     )
     tasks = {name: _build_task(name, spec, raw) for name, spec in sorted(raw["tasks"].items())}
     return Settings(models=dict(raw["models"]), tasks=tasks, forward=fwd, bayes=bayes)
+
+
+def _check_case_collisions(section: str, names) -> None:
+    """Names that differ only in case would share files on macOS and Windows."""
+    by_lower: dict[str, str] = {}
+    for name in names:
+        other = by_lower.setdefault(name.lower(), name)
+        if other != name:
+            raise ConfigError(
+                f"{section}: names {other!r} and {name!r} differ only in case; their result "
+                "files would collide on a case-insensitive file system"
+            )
 
 
 def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:

@@ -100,3 +100,21 @@ def is_valid(path: Path | str) -> bool:
     except StaleCacheError:
         return False
     return True
+
+
+def set_aside_stale(root: Path | str) -> list[tuple[Path, str]]:
+    """Rename unreadable or outdated tables under `root` to `*.stale` so they are rebuilt.
+
+    Only the Parquet footer is read (cheap); a file cut short has lost its footer.
+    Returns (new path, reason) for each file set aside. A dry run sets files
+    aside too: they are unusable either way, and the plan it shows is then true.
+    """
+    moved = []
+    for path in sorted(Path(root).rglob("*.parquet")):
+        try:
+            read_metadata(path)
+        except StaleCacheError as err:
+            stale = path.with_name(path.name + ".stale")
+            os.replace(path, stale)
+            moved.append((stale, str(err)))
+    return moved

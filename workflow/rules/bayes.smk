@@ -5,14 +5,14 @@ rule bayes:
         "results/bayes/{model}/{task}.parquet",
     log:
         "logs/bayes/{model}/{task}.log",
+    conda:
+        "../envs/iclprobe.yaml"
     params:
         methods=list(SETTINGS.bayes.methods),
         n_boot=SETTINGS.bayes.n_boot,
         level=SETTINGS.bayes.interval_level,
         seed=config.get("seed", 0),
         format_version=FORMAT_VERSION,
-    conda:
-        "../envs/iclprobe.yaml"
     script:
         "../scripts/bayes.py"
 

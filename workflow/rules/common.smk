@@ -1,13 +1,24 @@
 # Settings shared by every rule: the validated config and the target lists.
-from iclprobe.config import ConfigError, load_settings
-from iclprobe.io import FORMAT_VERSION
+from pathlib import Path
+
+from iclprobe.config import ConfigError, check_config_file, load_settings
+from iclprobe.io import FORMAT_VERSION, set_aside_stale
 
 try:
+    for path in ["config/config.yaml", *workflow.overwrite_configfiles]:
+        if Path(path).is_file():
+            check_config_file(path)
     # The schema already ran (validate() in the Snakefile); this adds the checks
     # that evaluate task functions and templates, before any job starts.
     SETTINGS = load_settings(config, check_schema=False)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+if workflow.is_main_process:
+    # A table cut short or written by another format version is set aside, so
+    # Snakemake sees it missing and rebuilds it instead of reading it as data.
+    for stale, reason in set_aside_stale("results"):
+        logger.warning(f"iclprobe: {reason}; moved to {stale}, it will be rebuilt")
 
 MODELS = sorted(SETTINGS.models)
 TASKS = sorted(SETTINGS.tasks)

@@ -10,10 +10,10 @@ rule task_figures:
         ),
     log:
         "logs/figures/{model}/{task}.log",
-    params:
-        function=lambda w: SETTINGS.tasks[w.task].function,
     conda:
         "../envs/iclprobe.yaml"
+    params:
+        function=lambda w: SETTINGS.tasks[w.task].function,
     script:
         "../scripts/task_figures.py"
 

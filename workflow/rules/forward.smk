@@ -6,6 +6,8 @@ rule forward:
         "results/forward/{model}/{task}.parquet",
     log:
         "logs/forward/{model}/{task}.log",
+    conda:
+        "../envs/iclprobe.yaml"
     threads: SETTINGS.forward.threads
     resources:
         mem_mb=4000,
@@ -16,7 +18,5 @@ rule forward:
         dtype=SETTINGS.forward.dtype,
         device=SETTINGS.forward.device,
         format_version=FORMAT_VERSION,
-    conda:
-        "../envs/iclprobe.yaml"
     script:
         "../scripts/forward.py"

@@ -3,11 +3,11 @@ rule prepare_model:
         directory("resources/models/{model}"),
     log:
         "logs/prepare_model/{model}.log",
+    conda:
+        "../envs/iclprobe.yaml"
     resources:
         mem_mb=4000,
     params:
         spec=model_spec,
-    conda:
-        "../envs/iclprobe.yaml"
     script:
         "../scripts/prepare_model.py"

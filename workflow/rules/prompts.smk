@@ -3,11 +3,11 @@ rule prompts:
         "results/prompts/{task}.parquet",
     log:
         "logs/prompts/{task}.log",
+    conda:
+        "../envs/iclprobe.yaml"
     params:
         # The task's full settings: editing one task reruns that task only.
         task=task_params,
         format_version=FORMAT_VERSION,
-    conda:
-        "../envs/iclprobe.yaml"
     script:
         "../scripts/make_prompts.py"

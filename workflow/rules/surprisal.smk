@@ -5,10 +5,10 @@ rule surprisal:
         "results/surprisal/{model}/{task}.parquet",
     log:
         "logs/surprisal/{model}/{task}.log",
-    params:
-        format_version=FORMAT_VERSION,
     conda:
         "../envs/iclprobe.yaml"
+    params:
+        format_version=FORMAT_VERSION,
     script:
         "../scripts/surprisal.py"
 
@@ -20,10 +20,10 @@ rule surprisal_table:
         "results/surprisal.parquet",
     log:
         "logs/surprisal_table.log",
+    conda:
+        "../envs/iclprobe.yaml"
     params:
         controls={t: SETTINGS.control_of(t) for t in TASKS if SETTINGS.control_of(t)},
         format_version=FORMAT_VERSION,
-    conda:
-        "../envs/iclprobe.yaml"
     script:
         "../scripts/surprisal_table.py"
