@@ -140,9 +140,15 @@ def test_changing_one_task_reruns_only_that_task(tiny_run):
         ({"bogus_key": 1}, r"bogus_key"),
         ({"tasks": {"t": {"function": "x", "x_range": [0, 3], "n_examples": 9}}}, r"n_examples: 9"),
         ({"tasks": {"t": {"function": "y", "x_range": [0, 9], "n_examples": 2}}}, r"name 'y'"),
+        ({"models": {"m": {"path": "/no/such/folder"}}}, r"models\.m: model folder .* not exist"),
+        (
+            {"models": {"m": {"gguf": {"package": "no_such_pkg", "file": "a.gguf"}}}},
+            r"models\.m: Python package 'no_such_pkg' is not installed; install it with",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, tiny_llama_folder, change, message):
+    """The message reaches the terminal, not only a job's log, and nothing runs."""
     config = {**small_config({"path": str(tiny_llama_folder)}), **change}
     write_config(tmp_path, config)
     run = snakemake(tmp_path, "all")

@@ -71,11 +71,31 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_source(spec: dict[str, Any]) -> Path | None:
+    """Cheap checks that a local source exists, run before any job starts.
+
+    Returns the folder or GGUF file; a hub id cannot be checked without loading.
+    """
+    if "gguf" in spec:
+        return gguf_location(spec["gguf"]["package"], spec["gguf"]["file"])
+    if "path" not in spec:
+        return None
+    folder = Path(spec["path"]).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {str(folder)!r} does not exist")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ModelError(
+            f"model folder {str(folder)!r} has no weights (*.safetensors or *.bin); "
+            "point path: at a folder written by save_pretrained"
+        )
+    return folder
+
+
 def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     """Load model and tokenizer from the configured source, with provenance."""
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if "gguf" in spec:
-        path = gguf_location(spec["gguf"]["package"], spec["gguf"]["file"])
+        path = check_source(spec)
         log.info("dequantising %s (about 30 s for 135M parameters)", path)
         source = {
             "kind": "gguf",
@@ -91,14 +111,7 @@ def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
             del model.config.quantization_config
         return model, tokenizer, source
     if "path" in spec:
-        folder = Path(spec["path"]).expanduser()
-        if not folder.is_dir():
-            raise ModelError(f"model folder {str(folder)!r} does not exist")
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-            raise ModelError(
-                f"model folder {str(folder)!r} has no weights (*.safetensors or *.bin); "
-                "point path: at a folder written by save_pretrained"
-            )
+        folder = check_source(spec)
         source = {"kind": "path", "id": str(folder.resolve())}
         name = str(folder)
         revision = None

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from iclprobe.config import ConfigError, check_config_file, load_settings
 from iclprobe.io import FORMAT_VERSION, set_aside_stale
+from iclprobe.models import ModelError, check_source
 
 try:
     for path in ["config/config.yaml", *workflow.overwrite_configfiles]:
@@ -13,6 +14,15 @@ try:
     SETTINGS = load_settings(config, check_schema=False)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+for name, spec in SETTINGS.models.items():
+    # A missing folder or package fails now, not inside a job's log; once the
+    # model is prepared its source is no longer needed.
+    if not Path("resources/models", name).exists():
+        try:
+            check_source(spec)
+        except ModelError as err:
+            raise WorkflowError(f"models.{name}: {err}") from None
 
 if workflow.is_main_process:
     # A table cut short or written by another format version is set aside, so
