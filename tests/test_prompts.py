@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import polars as pl
 
-from iclprobe.config import Task
+from conftest import make_task
 from iclprobe.io import read_table, write_table
 from iclprobe.prompts import make_prompts
 
 
-def _task(**overrides) -> Task:
-    spec = {
-        "name": "seed",
-        "function": "2*x + 3",
-        "x_low": 0,
-        "x_high": 50,
-        "n_examples": 30,
-        "replicates": 4,
-        "seed": 0,
-        "template": "({x}, {y})",
-        "separator": ", ",
-    }
-    return Task(**{**spec, **overrides})
-
-
 def test_answer_spans_cover_y_and_terminator():
-    prompts = make_prompts(_task())
+    prompts = make_prompts(make_task())
     for text, start, y_end, end, y in prompts.select(
         "text", "answer_start", "y_end", "answer_end", "y"
     ).iter_rows():
@@ -35,7 +20,7 @@ def test_answer_spans_cover_y_and_terminator():
 
 
 def test_template_ending_at_y_uses_the_separator_as_terminator():
-    prompts = make_prompts(_task(template="{x} -> {y}", separator="\n", n_examples=3))
+    prompts = make_prompts(make_task(template="{x} -> {y}", separator="\n", n_examples=3))
     for text, y, start, end in prompts.select(
         "text", "y", "answer_start", "answer_end"
     ).iter_rows():
@@ -44,7 +29,7 @@ def test_template_ending_at_y_uses_the_separator_as_terminator():
 
 
 def test_x_drawn_without_replacement_and_y_follows_f():
-    prompts = make_prompts(_task())
+    prompts = make_prompts(make_task())
     per_rep = prompts.group_by("replicate").agg(pl.col("x").n_unique().alias("distinct"))
     assert per_rep["distinct"].to_list() == [30] * 4
     assert (prompts["y"] == 2 * prompts["x"] + 3).all()
@@ -54,8 +39,8 @@ def test_x_drawn_without_replacement_and_y_follows_f():
 
 
 def test_shuffled_control_keeps_the_y_values_but_breaks_the_rule():
-    rule = make_prompts(_task())
-    shuffled = make_prompts(_task(control="shuffled"))
+    rule = make_prompts(make_task())
+    shuffled = make_prompts(make_task(control="shuffled"))
     assert shuffled["x"].to_list() == rule["x"].to_list()
     for r in range(1, 5):
         a = rule.filter(pl.col("replicate") == r)["y"].sort().to_list()
@@ -66,12 +51,12 @@ def test_shuffled_control_keeps_the_y_values_but_breaks_the_rule():
 
 def test_prompt_files_are_byte_identical_across_runs(tmp_path):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    write_table(make_prompts(_task()), a, {"task": "seed"})
-    write_table(make_prompts(_task()), b, {"task": "seed"})
+    write_table(make_prompts(make_task()), a, {"task": "seed"})
+    write_table(make_prompts(make_task()), b, {"task": "seed"})
     assert a.read_bytes() == b.read_bytes()
-    assert read_table(a).equals(make_prompts(_task()))
+    assert read_table(a).equals(make_prompts(make_task()))
     assert sorted(tmp_path.iterdir()) == [a, b]  # no temporary files left behind
 
 
 def test_seed_changes_the_draw():
-    assert not make_prompts(_task(seed=1))["x"].equals(make_prompts(_task(seed=0))["x"])
+    assert not make_prompts(make_task(seed=1))["x"].equals(make_prompts(make_task(seed=0))["x"])

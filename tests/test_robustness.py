@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_workflow import SNAKEFILE, small_config, snakemake, write_config
 
-from conftest import digit_tokenizer, tiny_llama
-from iclprobe.config import Task
+from conftest import digit_tokenizer, make_task, tiny_llama
 from iclprobe.forward import ContextTooLongError, run_forward
 from iclprobe.io import (
     FORMAT_VERSION,
@@ -67,7 +66,7 @@ def test_truncated_foreign_and_old_tables_are_refused_and_set_aside(tmp_path):
 def test_context_window_shorter_than_the_prompt_names_the_task():
     tokenizer = digit_tokenizer()
     model = tiny_llama(len(tokenizer))
-    task = Task("long_task", "x", 0, 99, 30, 1, 0, "({x}, {y})", ", ")
+    task = make_task(name="long_task", function="x", x_high=99, replicates=1)
     with pytest.raises(ContextTooLongError, match=r"task 'long_task': the longest prompt is"):
         run_forward(make_prompts(task), model, tokenizer, model_name="tiny", max_positions=64)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import digit_tokenizer, number_tokenizer, tiny_gpt2, tiny_llama
+from conftest import digit_tokenizer, make_task, number_tokenizer, tiny_gpt2, tiny_llama
 from iclprobe.config import Task
 from iclprobe.prompts import draw_examples, render
 from iclprobe.scoring import TokenizationError, encode, score_sequences, tokens_meeting
@@ -19,19 +19,9 @@ TOL = 1e-4
 BATCH_TOL = 1e-6
 
 
-def _task(**overrides) -> Task:
-    spec = {
-        "name": "t",
-        "function": "2*x + 3",
-        "x_low": 0,
-        "x_high": 300,
-        "n_examples": 6,
-        "replicates": 8,
-        "seed": 1,
-        "template": "({x}, {y})",
-        "separator": ", ",
-    }
-    return Task(**{**spec, **overrides})
+def _task(**overrides):
+    """Long x values make replicate lengths differ, so batches need padding."""
+    return make_task(**{"x_high": 300, "n_examples": 6, "replicates": 8, "seed": 1, **overrides})
 
 
 def _encoded(tokenizer, task: Task, replicates=range(1, 9)):
