@@ -116,3 +116,24 @@ def test_real_model_single_pass_matches_per_prefix(smollm2):
         assert [tokenizer.decode(seq.input_ids[t]) for t in seq.answer_tokens[0]][-1] == "),"
         expected = per_prefix_logprobs(model, seq)
         assert [s.logprob for s in seq_scores] == pytest.approx(expected, abs=TOL)
+
+
+class _WithoutLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward does not take `logits_to_keep` (older architectures)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_models_without_logits_to_keep_give_the_same_logprobs():
+    tokenizer = digit_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    seqs = _encoded(tokenizer, _task(), replicates=range(1, 4))
+    kept = score_sequences(model, tokenizer, seqs, batch_size=3)
+    full = score_sequences(_WithoutLogitsToKeep(model), tokenizer, seqs, batch_size=3)
+    for a_seq, b_seq in zip(kept, full):
+        assert [a.logprob for a in a_seq] == pytest.approx([b.logprob for b in b_seq], abs=TOL)

@@ -30,10 +30,10 @@ class ModelError(RuntimeError):
 
 
 def describe(spec: dict[str, Any]) -> str:
+    """The model source in words, for error messages and logs."""
     if "hf" in spec:
-        return f"hub id {spec['hf']!r}" + (
-            f" at revision {spec['revision']!r}" if spec.get("revision") else ""
-        )
+        revision = spec.get("revision")
+        return f"hub id {spec['hf']!r}" + (f" at revision {revision!r}" if revision else "")
     if "path" in spec:
         return f"local folder {spec['path']!r}"
     return f"GGUF file {spec['gguf']['file']!r} of package {spec['gguf']['package']!r}"
@@ -141,7 +141,7 @@ def prepare_model(spec: dict[str, Any], out_dir: Path | str) -> dict[str, Any]:
             f"{describe(spec)} has no fast tokenizer; iclprobe needs character offsets to find "
             "answer tokens"
         )
-    source["tokenizer"] = type(tokenizer).__name__
+    source["tokenizer"] = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
     source["n_parameters"] = sum(p.numel() for p in model.parameters())
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -82,6 +82,18 @@ class AnswerScore:
         return float(sum(self.token_logprobs))
 
 
+def _logits_at(model, ids, mask, positions: list[int]) -> torch.Tensor:
+    """Logits at `positions` only (the unembedding of a 49k vocabulary is costly).
+
+    Architectures without `logits_to_keep` get the full logits, then indexed.
+    """
+    try:
+        keep = torch.tensor(positions, device=ids.device)
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:
+        return model(input_ids=ids, attention_mask=mask).logits[:, positions]
+
+
 @torch.no_grad()
 def score_batch(model, batch: list[EncodedSequence], pad_id: int, top_k: int):
     """One forward pass over right-padded sequences; returns AnswerScores per sequence."""
@@ -95,12 +107,7 @@ def score_batch(model, batch: list[EncodedSequence], pad_id: int, top_k: int):
     # Logits are only needed at the positions that predict answer tokens.
     keep = sorted({t - 1 for seq in batch for toks in seq.answer_tokens for t in toks})
     column = {pos: col for col, pos in enumerate(keep)}
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        logits_to_keep=torch.tensor(keep, device=device),
-    )
-    logits = out.logits.float()
+    logits = _logits_at(model, ids.to(device), mask.to(device), keep).float()
     log_norm = torch.logsumexp(logits, dim=-1)
     top_vals, top_ids = logits.topk(top_k, dim=-1)
     greedy = logits.argmax(dim=-1)
