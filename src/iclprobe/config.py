@@ -212,8 +212,9 @@ def _check_case_collisions(section: str, names) -> None:
     for name in names:
         other = by_lower.setdefault(name.lower(), name)
         if other != name:
+            first, second = sorted((other, name))
             raise ConfigError(
-                f"{section}: names {other!r} and {name!r} differ only in case; their result "
+                f"{section}: names {first!r} and {second!r} differ only in case; their result "
                 "files would collide on a case-insensitive file system"
             )
 
