@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import SMOLLM2
-from iclprobe.models import SOURCE_FILE, ModelError, gguf_location, load_prepared, prepare_model
+from iclprobe.models import (
+    SOURCE_FILE,
+    ModelError,
+    check_source,
+    gguf_location,
+    load_prepared,
+    prepare_model,
+)
 
 PROMPT = "(3, 9), (17, 37), (100, 203), ("
 
@@ -69,9 +77,31 @@ def test_unknown_hub_id_offline_gives_one_clear_line(tmp_path):
     )
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("iclprobe.models.ModelError: cannot load hub id 'no-such-org/")
+    assert last.startswith("iclprobe.models.ModelError: hub id 'no-such-org/no-such-model'")
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in last
     assert "set `path:` to its folder" in last
     assert not Path(tmp_path / "out").exists()
+
+
+def test_unreachable_hub_fails_at_once_naming_the_endpoint(monkeypatch):
+    """A closed port stands in for a hub behind a firewall: no 50 s of retries."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ModelError) as err:
+        check_source({"hf": "no-such-org/no-such-model"})
+    message = str(err.value)
+    assert message.startswith("cannot reach http://127.0.0.1:9 to download hub id 'no-such-org/")
+    assert "set `path:` to its folder" in message
+
+
+def test_cached_hub_id_needs_no_network(monkeypatch, tmp_path, tiny_llama_folder):
+    """A model in the Hugging Face cache is accepted even with the hub unreachable."""
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llama_folder, snapshot)
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert check_source({"hf": "org/tiny"}) is None
 
 
 def test_prepared_folder_is_not_loadable_without_provenance(tiny_llama_folder):

@@ -7,6 +7,7 @@ learned, its shuffled control is not.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -53,10 +54,10 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
     return subprocess.run(
-        [*cmd, "--cores", "2", *args], capture_output=True, text=True, check=False
+        [*cmd, "--cores", "2", *args], capture_output=True, text=True, check=False, env=env
     )
 
 
@@ -154,6 +155,20 @@ def test_bad_config_fails_before_any_job(tmp_path, tiny_llama_folder, change, me
     run = snakemake(tmp_path, "all")
     assert run.returncode != 0
     assert re.search(message, run.stdout + run.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreachable_hub_fails_before_any_job(tmp_path):
+    """A hub id that is neither cached nor downloadable stops the run in seconds."""
+    write_config(tmp_path, small_config({"hf": "no-such-org/no-such-model"}))
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    run = snakemake(tmp_path, "all", env=env)
+    assert run.returncode != 0
+    assert re.search(
+        r"models\.m: cannot reach http://127\.0\.0\.1:9 to download hub id 'no-such-org/",
+        run.stdout + run.stderr,
+    )
     assert not (tmp_path / "results").exists()
 
 

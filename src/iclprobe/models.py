@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,11 +76,13 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 def check_source(spec: dict[str, Any]) -> Path | None:
     """Cheap checks that a local source exists, run before any job starts.
 
-    Returns the folder or GGUF file; a hub id cannot be checked without loading.
+    Returns the folder or GGUF file, or None for a hub id that is cached or
+    whose hub answers (whether the id exists is only known once it loads).
     """
     if "gguf" in spec:
         return gguf_location(spec["gguf"]["package"], spec["gguf"]["file"])
     if "path" not in spec:
+        check_hub(spec["hf"], spec.get("revision"))
         return None
     folder = Path(spec["path"]).expanduser()
     if not folder.is_dir():
@@ -89,6 +93,35 @@ def check_source(spec: dict[str, Any]) -> Path | None:
             "point path: at a folder written by save_pretrained"
         )
     return folder
+
+
+def check_hub(name: str, revision: str | None = None, timeout: float = 5.0) -> None:
+    """Fail at once when a hub id is neither cached nor downloadable.
+
+    Without this an unreachable hub costs about 50 s of retries inside the
+    preparation job before the same conclusion.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    advice = "download the model elsewhere and set `path:` to its folder"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(
+            f"hub id {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+            f"is set; {advice}"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise ModelError(
+            f"cannot reach {endpoint} to download hub id {name!r} ({err}) and it is not "
+            f"in the local Hugging Face cache; {advice}"
+        ) from None
 
 
 def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
@@ -117,6 +150,7 @@ def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         revision = None
     else:
         name, revision = spec["hf"], spec.get("revision")
+        check_hub(name, revision)
         source = {"kind": "hf", "id": name, "revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
