@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,11 +87,31 @@ def test_unknown_hub_id_offline_gives_one_clear_line(tmp_path):
 def test_unreachable_hub_fails_at_once_naming_the_endpoint(monkeypatch):
     """A closed port stands in for a hub behind a firewall: no 50 s of retries."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
     with pytest.raises(ModelError) as err:
         check_source({"hf": "no-such-org/no-such-model"})
     message = str(err.value)
     assert message.startswith("cannot reach http://127.0.0.1:9 to download hub id 'no-such-org/")
     assert "set `path:` to its folder" in message
+
+
+def test_behind_a_proxy_the_proxy_is_probed(monkeypatch):
+    """With https_proxy set the hub is reached through it, so the proxy is what must answer."""
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert check_source({"hf": "no-such-org/no-such-model"}) is None
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(ModelError, match=r"cannot reach https://hub\.invalid"):
+        check_source({"hf": "no-such-org/no-such-model"})
+
+
+def test_malformed_hub_id_is_named():
+    with pytest.raises(ModelError, match=r"hub id 'org/a\.\.b' is not a valid repository id"):
+        check_source({"hf": "org/a..b"})
 
 
 def test_cached_hub_id_needs_no_network(monkeypatch, tmp_path, tiny_llama_folder):

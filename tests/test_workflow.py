@@ -162,7 +162,8 @@ def test_unreachable_hub_fails_before_any_job(tmp_path):
     """A hub id that is neither cached nor downloadable stops the run in seconds."""
     write_config(tmp_path, small_config({"hf": "no-such-org/no-such-model"}))
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
-    env.pop("HF_HUB_OFFLINE", None)
+    for name in ("HF_HUB_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(name, None)
     run = snakemake(tmp_path, "all", env=env)
     assert run.returncode != 0
     assert re.search(

@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import getproxies, proxy_bypass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 SOURCE_FILE = "iclprobe_source.json"
+OFFLINE_ADVICE = "download the model elsewhere and set `path:` to its folder"
 log = logging.getLogger(__name__)
 
 
@@ -102,25 +104,34 @@ def check_hub(name: str, revision: str | None = None, timeout: float = 5.0) -> N
     preparation job before the same conclusion.
     """
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if Path(name).expanduser().is_dir():
+        return  # transformers reads `hf:` folders as it reads hub ids
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except HFValidationError as err:
+        raise ModelError(f"hub id {name!r} is not a valid repository id: {err}") from None
     if isinstance(cached, str):
         return
-    advice = "download the model elsewhere and set `path:` to its folder"
     if constants.HF_HUB_OFFLINE:
         raise ModelError(
             f"hub id {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-            f"is set; {advice}"
+            f"is set; {OFFLINE_ADVICE}"
         )
     endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
     url = urlparse(endpoint)
+    # Behind a proxy the hub itself is not reachable directly; the proxy is.
+    proxy = getproxies().get(url.scheme)
+    if proxy and not proxy_bypass(url.hostname):
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as err:
         raise ModelError(
             f"cannot reach {endpoint} to download hub id {name!r} ({err}) and it is not "
-            f"in the local Hugging Face cache; {advice}"
+            f"in the local Hugging Face cache; {OFFLINE_ADVICE}"
         ) from None
 
 
@@ -158,7 +169,7 @@ def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     except (OSError, ValueError) as err:
         raise ModelError(
             f"cannot load {describe(spec)}: {str(err).splitlines()[0]} — if this machine is "
-            "offline, download the model elsewhere and set `path:` to its folder"
+            f"offline, {OFFLINE_ADVICE}"
         ) from None
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
