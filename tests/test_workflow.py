@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,9 +62,9 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.
     )
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned_jobs(workdir: Path, env: dict | None = None) -> dict[str, int]:
     """Rule -> job count of a dry run (Snakemake's 'Job stats' table)."""
-    run = snakemake(workdir, "--dry-run", "all")
+    run = snakemake(workdir, "--dry-run", "all", env=env)
     assert run.returncode == 0, run.stderr
     text = run.stdout + run.stderr
     if "Nothing to be done" in text:
@@ -133,6 +134,27 @@ def test_changing_one_task_reruns_only_that_task(tiny_run):
     config["forward"]["batch_size"] = 1
     write_config(tiny_run, config)
     assert planned_jobs(tiny_run) == {}
+
+
+def test_editing_library_code_reruns_the_rules_that_use_it(tiny_run, tmp_path):
+    """A copy of the package, first on the path, stands in for a developer's edit."""
+    lib = tmp_path / "lib"
+    shutil.copytree(REPO / "src" / "iclprobe", lib / "iclprobe")
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    assert planned_jobs(tiny_run, env) == {}, "an identical copy changes nothing"
+
+    plots = lib / "iclprobe" / "plots.py"
+    plots.write_text(plots.read_text() + "\n# a comment reruns nothing\n")
+    assert planned_jobs(tiny_run, env) == {}
+
+    plots.write_text(plots.read_text() + "\nEDITED = True\n")
+    assert planned_jobs(tiny_run, env) == {"task_figures": 3, "cross_figures": 1, "all": 1}
+
+    surprisal = lib / "iclprobe" / "surprisal.py"
+    surprisal.write_text(surprisal.read_text() + "\nEDITED = True\n")
+    jobs = planned_jobs(tiny_run, env)
+    assert "forward" not in jobs and "prompts" not in jobs
+    assert jobs["surprisal"] == 3 and jobs["bayes"] == 3 and jobs["task_figures"] == 3
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ rule bayes:
         level=SETTINGS.bayes.interval_level,
         seed=config.get("seed", 0),
         format_version=FORMAT_VERSION,
+        code=code("bayes.py"),
     script:
         "../scripts/bayes.py"
 
@@ -26,5 +27,7 @@ rule bayes_table:
         "logs/bayes_table.log",
     conda:
         "../envs/iclprobe.yaml"
+    params:
+        code=code("concat_tables.py"),
     script:
         "../scripts/concat_tables.py"

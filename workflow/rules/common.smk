@@ -1,6 +1,7 @@
 # Settings shared by every rule: the validated config and the target lists.
 from pathlib import Path
 
+from iclprobe.code_version import code_version
 from iclprobe.config import ConfigError, check_config_file, load_settings
 from iclprobe.io import FORMAT_VERSION, set_aside_stale
 from iclprobe.models import ModelError, check_source
@@ -44,6 +45,11 @@ TASK_FIGURES = [
 wildcard_constraints:
     model="|".join(MODELS),
     task="|".join(TASKS),
+
+
+def code(script):
+    """Digest of the library code behind a script: editing that code reruns the rule."""
+    return code_version(Path(workflow.basedir) / "scripts" / script)
 
 
 def task_params(wildcards):

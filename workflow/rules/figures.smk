@@ -14,6 +14,7 @@ rule task_figures:
         "../envs/iclprobe.yaml"
     params:
         function=lambda w: SETTINGS.tasks[w.task].function,
+        code=code("task_figures.py"),
     script:
         "../scripts/task_figures.py"
 
@@ -27,5 +28,7 @@ rule cross_figures:
         "logs/figures/cross.log",
     conda:
         "../envs/iclprobe.yaml"
+    params:
+        code=code("cross_figures.py"),
     script:
         "../scripts/cross_figures.py"

@@ -18,5 +18,6 @@ rule forward:
         dtype=SETTINGS.forward.dtype,
         device=SETTINGS.forward.device,
         format_version=FORMAT_VERSION,
+        code=code("forward.py"),
     script:
         "../scripts/forward.py"

@@ -9,5 +9,6 @@ rule prepare_model:
         mem_mb=4000,
     params:
         spec=model_spec,
+        code=code("prepare_model.py"),
     script:
         "../scripts/prepare_model.py"

@@ -9,6 +9,7 @@ rule surprisal:
         "../envs/iclprobe.yaml"
     params:
         format_version=FORMAT_VERSION,
+        code=code("surprisal.py"),
     script:
         "../scripts/surprisal.py"
 
@@ -25,5 +26,6 @@ rule surprisal_table:
     params:
         controls={t: SETTINGS.control_of(t) for t in TASKS if SETTINGS.control_of(t)},
         format_version=FORMAT_VERSION,
+        code=code("surprisal_table.py"),
     script:
         "../scripts/surprisal_table.py"
