@@ -16,16 +16,17 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-for name, spec in SETTINGS.models.items():
-    # A missing folder or package fails now, not inside a job's log; once the
-    # model is prepared its source is no longer needed.
-    if not Path("resources/models", name).exists():
-        try:
-            check_source(spec)
-        except ModelError as err:
-            raise WorkflowError(f"models.{name}: {err}") from None
-
 if workflow.is_main_process:
+    # A missing folder or package, or an unreachable hub, fails now, not inside
+    # a job's log; once the model is prepared its source is no longer needed.
+    # Only here: a cluster job re-reads this file on a node that may be offline.
+    for name, spec in SETTINGS.models.items():
+        if not Path("resources/models", name).exists():
+            try:
+                check_source(spec)
+            except ModelError as err:
+                raise WorkflowError(f"models.{name}: {err}") from None
+
     # A table cut short or written by another format version is set aside, so
     # Snakemake sees it missing and rebuilds it instead of reading it as data.
     for stale, reason in set_aside_stale("results"):
