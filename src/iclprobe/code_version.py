@@ -34,13 +34,16 @@ def imported_modules(source: str, package: str) -> set[str]:
 
 
 def _source_file(module: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    """The file of `module`, found by path: importing it (seaborn, torch) is not needed."""
+    package, *parts = module.split(".")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    base = Path(next(iter(spec.submodule_search_locations)), *parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def reached_modules(script: Path | str, package: str = "iclprobe") -> dict[str, str]:
