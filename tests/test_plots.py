@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from scipy.special import expit, logit
 
-from iclprobe import plots
 from iclprobe.bayes import LN2, fit_table, simulate_learner
+from iclprobe.plots import learning as plots
 
 N_EXAMPLES = 8
 N_CANDIDATES = 51

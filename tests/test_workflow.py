@@ -143,7 +143,7 @@ def test_editing_library_code_reruns_the_rules_that_use_it(tiny_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(lib)}
     assert planned_jobs(tiny_run, env) == {}, "an identical copy changes nothing"
 
-    plots = lib / "iclprobe" / "plots.py"
+    plots = lib / "iclprobe" / "plots" / "learning.py"
     plots.write_text(plots.read_text() + "\n# a comment reruns nothing\n")
     assert planned_jobs(tiny_run, env) == {}
 

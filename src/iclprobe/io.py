@@ -1,10 +1,14 @@
-"""Parquet files with provenance metadata, written atomically and read with checks.
+"""Atomic outputs, and Parquet files with provenance metadata read with checks.
+
+`atomic_output` is the one writer of every output (tables, figures, model
+folders): it hands out a temporary sibling, renames it into place only once
+it is complete, and gives it the mode the user's umask asks for, so a killed
+job never leaves a file that looks complete and a group can read the results.
 
 Every table carries an `iclprobe` metadata entry (JSON): the format version,
 the package versions, and whatever the stage adds (model id, dtype, template…).
-Writes go to a temporary file in the same folder and are renamed into place,
-so a killed job never leaves a file that looks complete. Reads refuse files
-that are truncated, foreign, or written by another format version.
+Reads refuse files that are truncated, foreign, or written by another format
+version.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -21,8 +28,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# Bump when a stage's table layout changes: older caches are then rebuilt.
-FORMAT_VERSION = 1
+# Bump when a stage's table layout or a convention changes: older caches are then rebuilt.
+# 2: the answer span starts at the whitespace before {y} (issue 7).
+FORMAT_VERSION = 2
 METADATA_KEY = b"iclprobe"
 _PACKAGES = ("iclprobe", "torch", "transformers", "tokenizers", "polars", "pyarrow", "numpy")
 
@@ -41,13 +49,46 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def atomic_path(path: Path | str):
-    """A temporary sibling of `path`; rename it onto `path` once fully written."""
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_output(path: Path | str, *, directory: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; on success rename it onto `path`.
+
+    The temporary file or folder is made private by `tempfile`; before the rename
+    it gets the mode a plain `open()` or `mkdir()` would have given it under the
+    current umask. On any error it is removed and `path` is left as it was. A
+    `suffix` keeps the extension that writers such as matplotlib look at.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    prefix = f".{path.name}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
+        if not directory:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        elif path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_table(df: pl.DataFrame, path: Path | str, metadata: dict[str, Any] | None = None) -> None:
@@ -55,15 +96,8 @@ def write_table(df: pl.DataFrame, path: Path | str, metadata: dict[str, Any] | N
     meta = {"format_version": FORMAT_VERSION, "versions": package_versions(), **(metadata or {})}
     table = df.to_arrow()
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_metadata(path: Path | str) -> dict[str, Any]:

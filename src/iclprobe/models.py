@@ -13,9 +13,7 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +21,8 @@ from urllib.request import getproxies, proxy_bypass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from iclprobe.io import atomic_output
 
 SOURCE_FILE = "iclprobe_source.json"
 OFFLINE_ADVICE = "download the model elsewhere and set `path:` to its folder"
@@ -188,18 +188,10 @@ def prepare_model(spec: dict[str, Any], out_dir: Path | str) -> dict[str, Any]:
         )
     source["tokenizer"] = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
     source["n_parameters"] = sum(p.numel() for p in model.parameters())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_output(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved %s to %s", describe(spec), out_dir)
     return source
 

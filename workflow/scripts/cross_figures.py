@@ -2,7 +2,7 @@
 
 from iclprobe.io import read_table
 from iclprobe.logs import to_rule_log
-from iclprobe.plots import c_by_model_and_task
+from iclprobe.plots.learning import c_by_model_and_task
 
 to_rule_log(snakemake.log[0])
 c_by_model_and_task(read_table(snakemake.input.bayes), snakemake.output[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from iclprobe.io import read_table
 from iclprobe.logs import to_rule_log
-from iclprobe.plots import task_figures
+from iclprobe.plots.learning import task_figures
 
 to_rule_log(snakemake.log[0])
 control = read_table(snakemake.input.control) if snakemake.input.control else None

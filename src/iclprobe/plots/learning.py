@@ -7,7 +7,7 @@ and the shuffled control). Across models and tasks: the fitted c with its interv
 
 Each figure has a ``build_*`` function returning the open Figure (for inspection) and a
 function of the same name without the prefix that builds it and saves it atomically to a PNG.
-Bands are percentile intervals over replicates (``BAND``), not confidence intervals of the
+Bands are percentile intervals over replicates (``style.BAND``), not confidence intervals of the
 mean; the legend says so.
 """
 
@@ -15,28 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from iclprobe.bayes import LN2, METHODS, simulate_learner
-
-DPI = 120
-FIG_SIZE = (8.0, 5.0)
-BAND = ("pi", 95)
-BAND_TEXT = "band: central 95% of replicates"
-EXAMPLE_LABEL = "example i (1-based)"
+from iclprobe.plots import style
 
 # Per-example quantity -> (what the figure shows, y-axis label).
 _QUANTITIES = {
@@ -85,11 +73,6 @@ def _fit_row(
     return rows.row(0, named=True)
 
 
-def _title(what: str, model: str, task: str, function: str | None) -> str:
-    task_text = f"{task} ({function})" if function else task
-    return f"{what}\nmodel: {model} · task: {task_text}"
-
-
 def _fit_label(row: dict) -> str:
     """'c = 0.693 [0.61, 0.77] (95% bootstrap CI), θ₀ = 0.120', or a note when no interval."""
     c_lo, c_hi = row["c_lo"], row["c_hi"]
@@ -98,49 +81,6 @@ def _fit_label(row: dict) -> str:
     else:
         interval = f" [{c_lo:.3f}, {c_hi:.3f}] ({row['interval_level']:.0%} bootstrap CI)"
     return f"c = {row['c']:.3f}{interval}, θ₀ = {row['theta0']:.3f}"
-
-
-@contextmanager
-def _drawing() -> Iterator[None]:
-    """The figures' seaborn style; figures opened inside are closed if drawing fails."""
-    opened = set(plt.get_fignums())
-    try:
-        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-            yield
-    except BaseException:
-        for number in set(plt.get_fignums()) - opened:
-            plt.close(number)
-        raise
-
-
-def _new_axes():
-    _, ax = plt.subplots(figsize=FIG_SIZE, dpi=DPI)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return ax
-
-
-def _finish(ax, title: str, ylabel: str, xlabel: str = EXAMPLE_LABEL) -> Figure:
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    # Below the axes, so that it never hides a curve or the reference lines.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
-    ax.figure.tight_layout()
-    return ax.figure
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` through a temporary file in the same folder, then close it."""
-    path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _n_examples(surprisal: pl.DataFrame) -> int:
@@ -155,26 +95,26 @@ def _learner_curve(c: float, theta0: float, n: int) -> pl.DataFrame:
     )
 
 
-def _draw_learner(ax, c: float, theta0: float, n: int, y: str, label: str, **style) -> None:
+def _draw_learner(ax, c: float, theta0: float, n: int, y: str, label: str, **line) -> None:
     curve = _learner_curve(c, theta0, n).to_pandas()
-    sns.lineplot(data=curve, x="example", y=y, ax=ax, label=label, **style)
+    sns.lineplot(data=curve, x="example", y=y, ax=ax, label=label, **line)
 
 
-def _draw_replicates(ax, frame: pl.DataFrame, y: str, who: str, **style) -> None:
+def _draw_replicates(ax, frame: pl.DataFrame, y: str, who: str, **line) -> None:
     """Mean over replicates with the percentile band."""
     n_rep = frame["replicate"].n_unique()
-    label = f"{who}: mean of {n_rep} replicates ({BAND_TEXT})"
+    label = f"{who}: mean of {n_rep} replicates ({style.BAND_TEXT})"
     data = frame.select("replicate", "example", y).to_pandas()
-    sns.lineplot(data=data, x="example", y=y, errorbar=BAND, ax=ax, label=label, **style)
+    sns.lineplot(data=data, x="example", y=y, errorbar=style.BAND, ax=ax, label=label, **line)
 
 
-def _draw_control(ax, control: pl.DataFrame | None, y: str, **style) -> None:
+def _draw_control(ax, control: pl.DataFrame | None, y: str, **line) -> None:
     if control is None or control.height == 0:
         return
     n_rep = control["replicate"].n_unique()
     data = control.select("example", y).to_pandas()
     label = f"shuffled control: mean of {n_rep} replicates"
-    sns.lineplot(data=data, x="example", y=y, errorbar=None, ax=ax, label=label, **style)
+    sns.lineplot(data=data, x="example", y=y, errorbar=None, ax=ax, label=label, **line)
 
 
 _LM_STYLE = {"color": "C0", "marker": "o", "markersize": 4}
@@ -199,8 +139,8 @@ def _build_lm(
     model, task = _ids(surprisal)
     row = _fit_row(bayes, method, model, task)
     what, ylabel = _QUANTITIES[y]
-    with _drawing():
-        ax = _new_axes()
+    with style.drawing():
+        ax = style.new_axes()
         _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
         label = f"fitted learner ({method}): {_fit_label(row)}"
         _draw_learner(ax, row["c"], row["theta0"], _n_examples(surprisal), y, label, **_FIT_STYLE)
@@ -211,7 +151,7 @@ def _build_lm(
             ax.set_ylim(bottom=0)
         else:
             ax.set_ylim(-0.02, 1.02)
-        return _finish(ax, _title(f"LM {what}", model, task, function), ylabel)
+        return style.finish(ax, style.title(f"LM {what}", model, task, function), ylabel)
 
 
 def build_lm_surprisal(surprisal, bayes, control=None, method="prob_mse", function=None):
@@ -224,12 +164,12 @@ def build_lm_prior(surprisal, bayes, control=None, method="prob_mse", function=N
 
 def lm_surprisal(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
     """The seed's lm-surprisal figure: LM surprisal (bits) per example, fit and references."""
-    return _save(build_lm_surprisal(surprisal, bayes, control, method, function), path)
+    return style.save(build_lm_surprisal(surprisal, bayes, control, method, function), path)
 
 
 def lm_prior(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
     """The seed's lm-prior figure: LM P(A) per example with the fitted learner's θ."""
-    return _save(build_lm_prior(surprisal, bayes, control, method, function), path)
+    return style.save(build_lm_prior(surprisal, bayes, control, method, function), path)
 
 
 def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | None) -> Figure:
@@ -238,8 +178,8 @@ def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | N
     n = int(row["n_examples"])
     what, ylabel = _QUANTITIES[y]
     ylabel = ylabel.replace("P(yᵢ)", "θᵢ₋₁").replace("P(A)", "learner belief θᵢ₋₁ = P(A)")
-    with _drawing():
-        ax = _new_axes()
+    with style.drawing():
+        ax = style.new_axes()
         fitted = f"fitted learner ({method}): {_fit_label(row)}"
         _draw_learner(ax, row["c"], row["theta0"], n, y, fitted, marker="o", color="C3")
         reference = f"reference learner: c = ln 2 ≈ {LN2:.3f}, θ₀ = {row['theta0']:.3f}"
@@ -248,8 +188,10 @@ def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | N
             ax.set_ylim(-0.02, 1.02)
         else:
             ax.set_ylim(bottom=0)
-        title = _title(f"Simulated Bayesian learner: {what}", row["model"], row["task"], function)
-        return _finish(ax, title, ylabel)
+        title = style.title(
+            f"Simulated Bayesian learner: {what}", row["model"], row["task"], function
+        )
+        return style.finish(ax, title, ylabel)
 
 
 def build_simulated_surprisal(bayes, method="prob_mse", function=None) -> Figure:
@@ -262,12 +204,12 @@ def build_simulated_prior(bayes, method="prob_mse", function=None) -> Figure:
 
 def simulated_surprisal(bayes, path, method="prob_mse", function=None) -> Path:
     """The seed's simulated-surprisal figure: -log₂ θᵢ₋₁ for the fitted c and for c = ln 2."""
-    return _save(build_simulated_surprisal(bayes, method, function), path)
+    return style.save(build_simulated_surprisal(bayes, method, function), path)
 
 
 def simulated_prior(bayes, path, method="prob_mse", function=None) -> Path:
     """The seed's simulated-prior figure: θᵢ₋₁ for the fitted c and for c = ln 2."""
-    return _save(build_simulated_prior(bayes, method, function), path)
+    return style.save(build_simulated_prior(bayes, method, function), path)
 
 
 def build_cumulative_information(surprisal, control=None, function=None) -> Figure:
@@ -275,8 +217,8 @@ def build_cumulative_information(surprisal, control=None, function=None) -> Figu
     model, task = _ids(surprisal)
     y = "cumulative_bits"
     uniform = float(_only(surprisal, "uniform_bits"))
-    with _drawing():
-        ax = _new_axes()
+    with style.drawing():
+        ax = style.new_axes()
         _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
         _draw_control(ax, control, y, **_CONTROL_STYLE)
         ks = np.arange(0, _n_examples(surprisal) + 1)
@@ -284,18 +226,18 @@ def build_cumulative_information(surprisal, control=None, function=None) -> Figu
         sns.lineplot(x=ks, y=ks * uniform, ax=ax, label=label, **_REF_STYLE)
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
-        title = _title(
+        title = style.title(
             r"Information to learn the task, $I_k = \sum_{i \leq k}\, s_i$",
             model,
             task,
             function,
         )
-        return _finish(ax, title, r"cumulative surprisal $I_k$ (bits)", "examples seen k")
+        return style.finish(ax, title, r"cumulative surprisal $I_k$ (bits)", "examples seen k")
 
 
 def cumulative_information(surprisal, path, control=None, function=None) -> Path:
     """Cumulative surprisal: the information the LM needed to learn the task."""
-    return _save(build_cumulative_information(surprisal, control, function), path)
+    return style.save(build_cumulative_information(surprisal, control, function), path)
 
 
 def task_figures(
@@ -361,7 +303,7 @@ def build_c_by_model_and_task(bayes_all: pl.DataFrame) -> Figure:
     models = sorted(bayes_all["model"].unique().to_list())
     methods = [m for m in METHODS if m in set(bayes_all["method"].to_list())]
     data = bayes_all.select("model", "task", "method", "c", "c_lo", "c_hi").to_pandas()
-    with _drawing():
+    with style.drawing():
         grid = sns.FacetGrid(
             data, col="method", col_order=methods, hue="model", hue_order=models,
             height=4.5, aspect=max(1.0, 0.35 * len(tasks)), dropna=False,
@@ -380,11 +322,11 @@ def build_c_by_model_and_task(bayes_all: pl.DataFrame) -> Figure:
         grid.figure.suptitle(
             f"Fitted learner sensitivity c by model and task\n{_interval_caption(bayes_all)}"
         )
-        grid.figure.set_dpi(DPI)
+        grid.figure.set_dpi(style.DPI)
         grid.tight_layout()
         return grid.figure
 
 
 def c_by_model_and_task(bayes_all: pl.DataFrame, path: str | os.PathLike) -> Path:
     """Cross-model figure of the fitted c with its interval, per task and method."""
-    return _save(build_c_by_model_and_task(bayes_all), path)
+    return style.save(build_c_by_model_and_task(bayes_all), path)
