@@ -13,11 +13,16 @@ import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 
 from iclprobe.config import Task
@@ -61,9 +66,13 @@ def digit_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def number_tokenizer() -> PreTrainedTokenizerFast:
-    """Every integer 0..999 one token, as GPT-2 and Llama-3 do for short numbers."""
+    """Every integer 0..999 one token, as GPT-2 and Llama-3 do for short numbers.
+
+    Like GPT-2, a space joins the number or the minus sign after it (" 12", " -").
+    """
     numbers = [str(n) for n in range(1000)]
-    return _fast_tokenizer(numbers + PUNCTUATION, r"\d{1,3}|\D")
+    spaced = [" " + n for n in numbers] + [" -"]
+    return _fast_tokenizer(numbers + spaced + PUNCTUATION, r" ?\d{1,3}| -|\D")
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
@@ -84,6 +93,32 @@ def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=1024)
     return GPT2LMHeadModel(config).eval()
+
+
+# A tiny random model of every architecture iclprobe.anatomy supports: 2 blocks,
+# width 32, 4 query heads (2 key/value heads where the architecture has GQA).
+_SHARED = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+_GQA = {**_SHARED, "num_attention_heads": 4, "num_key_value_heads": 2}
+TINY_CONFIGS = {
+    "llama": lambda v: LlamaConfig(vocab_size=v, **_GQA),
+    "qwen2": lambda v: Qwen2Config(vocab_size=v, **_GQA),
+    # Gemma 2 soft-caps its logits and normalises both branches; a large
+    # initializer makes the cap and the norms matter in a random model.
+    "gemma2": lambda v: Gemma2Config(
+        vocab_size=v, head_dim=8, final_logit_softcapping=2.0, initializer_range=0.5, **_GQA
+    ),
+    "gemma3_text": lambda v: Gemma3TextConfig(vocab_size=v, head_dim=8, **_GQA),
+    "gpt2": lambda v: GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4),
+    "gpt_neox": lambda v: GPTNeoXConfig(vocab_size=v, num_attention_heads=4, **_SHARED),
+}
+
+
+def tiny_model(architecture: str, vocab_size: int, seed: int = 0):
+    """A tiny random causal LM of `architecture` (a key of TINY_CONFIGS), float32, eval mode."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[architecture](vocab_size)
+    config.bos_token_id = config.eos_token_id = config.pad_token_id = 0
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 @pytest.fixture

@@ -9,14 +9,16 @@ from iclprobe.io import read_table, write_table
 from iclprobe.prompts import make_prompts
 
 
-def test_answer_spans_cover_y_and_terminator():
-    prompts = make_prompts(make_task())
-    for text, start, y_end, end, y in prompts.select(
-        "text", "answer_start", "y_end", "answer_end", "y"
+def test_answer_spans_cover_lead_space_y_and_terminator():
+    prompts = make_prompts(make_task(function="x - 20", x_high=40))
+    assert (prompts["y"] < 0).any() and (prompts["y"] > 0).any()
+    for text, start, y_start, y_end, end, y in prompts.select(
+        "text", "answer_start", "y_start", "y_end", "answer_end", "y"
     ).iter_rows():
-        assert text[start:y_end] == str(y)
+        assert text[start:y_start] == " "  # the template's space before {y}
+        assert text[y_start:y_end] == str(y)
         assert text[y_end:end] == ")"
-        assert not text[start - 1].isdigit()
+        assert text[start - 1] == ","
 
 
 def test_template_ending_at_y_uses_the_separator_as_terminator():
@@ -25,7 +27,7 @@ def test_template_ending_at_y_uses_the_separator_as_terminator():
         "text", "y", "answer_start", "answer_end"
     ).iter_rows():
         assert text.count("\n") == 3  # the last answer is terminated too
-        assert text[start:end] == f"{y}\n"
+        assert text[start:end] == f" {y}\n"
 
 
 def test_x_drawn_without_replacement_and_y_follows_f():

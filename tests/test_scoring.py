@@ -12,7 +12,8 @@ import torch
 from conftest import digit_tokenizer, make_task, number_tokenizer, tiny_gpt2, tiny_llama
 from iclprobe.config import Task
 from iclprobe.prompts import draw_examples, render
-from iclprobe.scoring import TokenizationError, encode, score_sequences, tokens_meeting
+from iclprobe.scoring import score_sequences
+from iclprobe.tokens import AnswerSpan, TokenizationError, encode, tokens_meeting
 
 TOL = 1e-4
 # Batching must not change a float32 result at all beyond rounding (issue: 1e-6).
@@ -28,7 +29,7 @@ def _encoded(tokenizer, task: Task, replicates=range(1, 9)):
     seqs = []
     for r in replicates:
         text, spans = render(task, *draw_examples(task, r))
-        seqs.append(encode(tokenizer, text, [(a, e) for a, _, e in spans]))
+        seqs.append(encode(tokenizer, text, [AnswerSpan(*span) for span in spans]))
     return seqs
 
 
@@ -102,7 +103,7 @@ def test_tokenizer_that_cannot_round_trip_is_refused():
     tokenizer = digit_tokenizer()
     # "é" is not in the vocabulary: it becomes <unk> and cannot be decoded back.
     with pytest.raises(TokenizationError, match="does not round-trip"):
-        encode(tokenizer, "(1, é), (", [(4, 6)])
+        encode(tokenizer, "(1, é), (", [AnswerSpan(3, 4, 5, 6)])
 
 
 @pytest.mark.real_model

@@ -88,6 +88,40 @@ class Task:
         """Text that ends an answer: the template after {y}, else the separator."""
         return self.suffix or self.separator
 
+    @property
+    def lead(self) -> str:
+        """The whitespace just before {y}: the start of the scored answer span.
+
+        Tokenizers attach a space to the token after it (SmolLM2 writes "␠-" before
+        a negative number but "␠" alone before a digit), so the span starts before
+        the space and answers of both signs are scored on one distribution, as
+        lm-evaluation-harness scores continuations.
+        """
+        return self.middle[len(self.middle.rstrip()) :]
+
+    def example_text(self, x: int, y: int) -> str:
+        """One example followed by the separator: `({x}, {y}), `."""
+        return self.query_text(x) + self.answer_text(y) + self.separator
+
+    def query_text(self, x: int) -> str:
+        """An example up to the scoring boundary: `({x},` (the lead whitespace excluded)."""
+        return self.prefix + str(x) + self.middle[: len(self.middle) - len(self.lead)]
+
+    def answer_text(self, y: int) -> str:
+        """The scored text of answer y: lead whitespace, the digits of y, the suffix."""
+        return self.lead + str(y) + self.suffix
+
+    def continuation(self, y: int) -> tuple[str, int, int]:
+        """Text after the scoring boundary that scores answer y, with y's span in it.
+
+        Returns (text, y_start, span_end): the lead, y, the terminator, then the
+        start of the next example, because a terminator is only tokenized as in
+        a prompt when the text after it is there too (SmolLM2 writes "),").
+        """
+        text = self.answer_text(y) + self.separator + self.prefix
+        y_start = len(self.lead)
+        return text, y_start, y_start + len(str(y)) + len(self.terminator)
+
     def candidates(self) -> list[int]:
         """The candidate answers: answer_range if set, else every f(x) on the x range."""
         if self.answer_low is not None:

@@ -1,4 +1,9 @@
-"""The forward stage: score every replicate of a task's prompts with one model."""
+"""The forward stage: score every replicate of a task's prompts with one model.
+
+The scoring convention is `iclprobe.tokens`'s: an answer's span starts at the
+whitespace before {y} and must start on a token boundary, checked once per
+task and model before any pass.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import logging
 
 import polars as pl
 
-from iclprobe.scoring import EncodedSequence, TokenizationError, encode, score_sequences
+from iclprobe.config import Task
+from iclprobe.scoring import score_sequences
+from iclprobe.tokens import AnswerSpan, EncodedSequence, TokenizationError, check_boundary, encode
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +27,14 @@ def encode_prompts(prompts: pl.DataFrame, tokenizer) -> tuple[list[int], list[En
     per_rep = (
         prompts.sort("replicate", "example")
         .group_by("replicate", maintain_order=True)
-        .agg(pl.col("text").first(), pl.col("answer_start"), pl.col("answer_end"))
+        .agg(
+            pl.col("text").first(),
+            pl.concat_list("answer_start", "y_start", "y_end", "answer_end").alias("spans"),
+        )
     )
     replicates, encoded = [], []
-    for rep, text, starts, ends in per_rep.iter_rows():
-        encoded.append(encode(tokenizer, text, list(zip(starts, ends))))
+    for rep, text, spans in per_rep.iter_rows():
+        encoded.append(encode(tokenizer, text, [AnswerSpan(*span) for span in spans]))
         replicates.append(rep)
     return replicates, encoded
 
@@ -45,26 +55,30 @@ def run_forward(
     tokenizer,
     *,
     model_name: str,
+    task: Task | None = None,
     max_positions: int | None = None,
     batch_size: int = 8,
     top_k: int = 10,
 ) -> pl.DataFrame:
     """Answer log-probabilities and top-k logits for every (replicate, example)."""
-    task = prompts["task"][0]
+    if task is not None:
+        check_boundary(tokenizer, task, model_name)
+    task_name = prompts["task"][0]
     try:
         replicates, encoded = encode_prompts(prompts, tokenizer)
     except TokenizationError as err:
-        raise TokenizationError(f"task {task!r}, model {model_name!r}: {err}") from None
-    longest = check_context(encoded, max_positions, task, model_name)
-    log.info("task %s: %d sequences, longest %d tokens", task, len(encoded), longest)
+        raise TokenizationError(f"task {task_name!r}, model {model_name!r}: {err}") from None
+    longest = check_context(encoded, max_positions, task_name, model_name)
+    log.info("task %s: %d sequences, longest %d tokens", task_name, len(encoded), longest)
     scores = score_sequences(model, tokenizer, encoded, batch_size=batch_size, top_k=top_k)
     rows = []
-    for rep, seq_scores in zip(replicates, scores):
+    for rep, seq, seq_scores in zip(replicates, encoded, scores, strict=True):
         for example, s in enumerate(seq_scores, start=1):
             rows.append(
                 {
                     "replicate": rep,
                     "example": example,
+                    "decision_position": seq.decision[example - 1],
                     "n_answer_tokens": len(s.token_ids),
                     "logprob": s.logprob,
                     "answer_token_ids": s.token_ids,
@@ -85,3 +99,11 @@ def run_forward(
         .select("model", pl.exclude("model"))
         .sort("replicate", "example")
     )
+
+
+# Recorded in every forward table's metadata, so a reader knows what `logprob` sums.
+SCORING_CONVENTION = (
+    "answer span = the whitespace before {y} in the template, the characters of y, then the "
+    "terminator; logprob = sum of log P(token | all tokens before it) over every token that "
+    "meets the span, from one teacher-forced pass per replicate"
+)

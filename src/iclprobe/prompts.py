@@ -2,9 +2,11 @@
 
 Each replicate is one sequence `(x1, y1), (x2, y2), …, (xN, yN)` that the
 forward stage scores in a single teacher-forced pass. For every example we
-record the character span of its answer: the digits of y plus the terminator
-(the template text after {y}, or the separator when {y} ends the template), so
-that the answer's probability is a proper distribution over integers.
+record the character span of its answer: the whitespace before {y} in the
+template (the scoring boundary, `answer_start`), the digits of y (`y_start` to
+`y_end`) and the terminator (the template text after {y}, or the separator
+when {y} ends the template; to `answer_end`), so that the answer's probability
+is a proper distribution over integers of both signs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ PROMPT_SCHEMA = {
     "text": pl.String,
     "answer_start": pl.Int64,
     "answer_end": pl.Int64,
+    "y_start": pl.Int64,
     "y_end": pl.Int64,
     "n_candidates": pl.Int64,
     "control": pl.String,
@@ -49,8 +52,8 @@ def draw_examples(task: Task, replicate: int) -> tuple[list[int], list[int]]:
     return xs, ys
 
 
-def render(task: Task, xs: list[int], ys: list[int]) -> tuple[str, list[tuple[int, int, int]]]:
-    """The replicate's text and, per example, (answer_start, y_end, answer_end).
+def render(task: Task, xs: list[int], ys: list[int]) -> tuple[str, list[tuple[int, int, int, int]]]:
+    """The replicate's text and, per example, (answer_start, y_start, y_end, answer_end).
 
     Every example, the last included, is followed by the separator and the start
     of the next example's template, so the last answer's terminator is tokenized
@@ -59,11 +62,12 @@ def render(task: Task, xs: list[int], ys: list[int]) -> tuple[str, list[tuple[in
     """
     text = ""
     spans = []
-    for x, y in zip(xs, ys):
-        text += task.prefix + str(x) + task.middle
-        start = len(text)
-        text += str(y) + task.suffix + task.separator
-        spans.append((start, start + len(str(y)), start + len(str(y)) + len(task.terminator)))
+    for x, y in zip(xs, ys, strict=True):
+        start = len(text) + len(task.query_text(x))
+        y_start = start + len(task.lead)
+        y_end = y_start + len(str(y))
+        spans.append((start, y_start, y_end, y_end + len(task.terminator)))
+        text += task.example_text(x, y)
     return text + task.prefix, spans
 
 
@@ -74,8 +78,22 @@ def make_prompts(task: Task) -> pl.DataFrame:
     for r in range(1, task.replicates + 1):
         xs, ys = draw_examples(task, r)
         text, spans = render(task, xs, ys)
-        for i, (x, y, (start, y_end, end)) in enumerate(zip(xs, ys, spans), start=1):
+        for i, (x, y, span) in enumerate(zip(xs, ys, spans, strict=True), start=1):
+            start, y_start, y_end, end = span
             rows.append(
-                (task.name, r, i, x, y, text, start, end, y_end, n_candidates, task.control)
+                (
+                    task.name,
+                    r,
+                    i,
+                    x,
+                    y,
+                    text,
+                    start,
+                    end,
+                    y_start,
+                    y_end,
+                    n_candidates,
+                    task.control,
+                )
             )
     return pl.DataFrame(rows, schema=PROMPT_SCHEMA, orient="row")

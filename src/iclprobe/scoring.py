@@ -3,7 +3,8 @@
 A causal LM gives the next-token distribution at every prefix at once, so
 scoring all N answers of a replicate takes one pass, not N. An answer's
 log-probability is the sum over every token whose character span meets the
-answer span (digits of y plus the terminator) of log P(token | all before it).
+answer span (the whitespace before y, its digits and the terminator; see
+`iclprobe.tokens`) of log P(token | all before it).
 This is exact for any tokenizer: digit-per-token (SmolLM2, Llama-2) or
 one-token numbers (GPT-2, Llama-3).
 
@@ -20,50 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from iclprobe.tokens import EncodedSequence
+
 log = logging.getLogger(__name__)
-
-
-class TokenizationError(ValueError):
-    """The prompt text cannot be scored with this tokenizer."""
-
-
-@dataclass
-class EncodedSequence:
-    input_ids: list[int]
-    # For each answer span, the indices of the tokens that meet it.
-    answer_tokens: list[list[int]]
-
-
-def tokens_meeting(offsets: list[tuple[int, int]], start: int, end: int) -> list[int]:
-    """Indices of tokens whose character span [a, b) meets [start, end).
-
-    Zero-width tokens (BOS and other specials have offsets (0, 0)) meet nothing.
-    """
-    return [t for t, (a, b) in enumerate(offsets) if a < b and a < end and b > start]
-
-
-def encode(tokenizer, text: str, spans: list[tuple[int, int]]) -> EncodedSequence:
-    """Tokenize one replicate and map each answer span to its tokens."""
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    decoded = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    if decoded != text:
-        raise TokenizationError(
-            f"tokenizer {type(tokenizer).__name__} does not round-trip the prompt: "
-            f"{text[:60]!r}… decodes as {decoded[:60]!r}…; its answer tokens cannot be located"
-        )
-    answer_tokens = []
-    for start, end in spans:
-        toks = tokens_meeting(offsets, start, end)
-        if not toks:
-            raise TokenizationError(f"no token covers characters {start}:{end} of {text!r}")
-        if toks[0] == 0:
-            raise TokenizationError(
-                f"the answer at characters {start}:{end} starts the sequence; it has no context"
-            )
-        answer_tokens.append(toks)
-    return EncodedSequence(ids, answer_tokens)
 
 
 @dataclass

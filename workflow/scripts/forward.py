@@ -2,7 +2,8 @@
 
 import torch
 
-from iclprobe.forward import run_forward
+from iclprobe.config import Task
+from iclprobe.forward import SCORING_CONVENTION, run_forward
 from iclprobe.io import read_metadata, read_table, write_table
 from iclprobe.logs import to_rule_log
 from iclprobe.models import load_prepared
@@ -13,14 +14,16 @@ forward_config = snakemake.config.get("forward", {})
 model, tokenizer, info = load_prepared(
     snakemake.input.model, dtype=snakemake.params.dtype, device=snakemake.params.device
 )
+prompt_metadata = read_metadata(snakemake.input.prompts)
 table = run_forward(
     read_table(snakemake.input.prompts),
     model,
     tokenizer,
     model_name=snakemake.wildcards.model,
+    task=Task.from_params(prompt_metadata["task"]),
     max_positions=info["max_positions"],
     batch_size=forward_config.get("batch_size", 8),
     top_k=snakemake.params.top_k,
 )
-metadata = {**read_metadata(snakemake.input.prompts), "model": info}
+metadata = {**prompt_metadata, "model": info, "scoring": SCORING_CONVENTION}
 write_table(table, snakemake.output[0], metadata)

@@ -1,0 +1,179 @@
+"""Many continuations of one prefix, with the prefix's KV cache computed once.
+
+Probe queries, lens candidates, head ablations and patches all share a long
+context and differ in a few tokens after it. `encode_prefix` runs the context
+once; `run_suffixes` runs a batch of right-padded continuations over copies of
+its cache; `greedy` decodes a few tokens more. Each gives exactly what a plain
+pass over prefix + continuation would (tests/test_prefix.py checks this
+against Hugging Face on every supported architecture).
+
+Right padding is safe here: a real token never attends to the pads after it,
+and every row's positions continue the prefix's (P, P+1, …). When decoding
+past a padded row, each row's new token gets its own position id and the pads
+stay masked.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+
+@cache
+def _cache_argument(model_class: type) -> str:
+    """The name under which this transformers version passes the KV cache."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(output):
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
+@dataclass
+class Prefix:
+    """A context run once: its token ids, KV cache (batch 1) and last-position logits (V,)."""
+
+    ids: list[int]
+    cache: object
+    last_logits: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def encode_prefix(model, ids: list[int]) -> Prefix:
+    """Run `ids` once and keep the cache; only the last position is unembedded."""
+    input_ids = torch.tensor([ids], device=_device(model))  # (1, P)
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    return Prefix(list(ids), _returned_cache(out), out.logits[0, -1].float())
+
+
+def _batch_cache(prefix: Prefix, batch: int):
+    """A copy of the prefix's cache repeated `batch` times along the batch dimension."""
+    expanded = copy.deepcopy(prefix.cache)
+    if batch > 1:
+        expanded.batch_repeat_interleave(batch)
+    return expanded
+
+
+@dataclass
+class SuffixRun:
+    """What `run_suffixes` returns for one batch of continuations.
+
+    logits: (B, S, V) float32 at every suffix position (or those kept);
+    lengths: real tokens per row; cache: the batch's cache after the run, for
+    decoding on; mask: (B, P + S) attention mask matching that cache.
+    """
+
+    logits: torch.Tensor
+    lengths: list[int]
+    cache: object
+    mask: torch.Tensor
+
+
+@torch.inference_mode()
+def run_suffixes(
+    model, prefix: Prefix, suffixes: list[list[int]], pad_id: int = 0, logits_to_keep: int = 0
+) -> SuffixRun:
+    """Run right-padded `suffixes` (B rows) after `prefix`; logits at their positions.
+
+    `logits_to_keep` = k > 0 unembeds only the last k positions (as HF does).
+    Hooks registered around this call see tensors of shape (B, S, …).
+    """
+    if not suffixes or min(len(s) for s in suffixes) == 0:
+        raise ValueError("every suffix needs at least one token")
+    device = _device(model)
+    width = max(len(s) for s in suffixes)
+    batch = len(suffixes)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)  # (B, S)
+    mask = torch.zeros((batch, prefix.length + width), dtype=torch.long, device=device)
+    mask[:, : prefix.length] = 1  # (B, P + S)
+    for row, suffix in enumerate(suffixes):
+        ids[row, : len(suffix)] = torch.tensor(suffix, device=device)
+        mask[row, prefix.length : prefix.length + len(suffix)] = 1
+    positions = torch.arange(prefix.length, prefix.length + width, device=device)
+    kv = _batch_cache(prefix, batch)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions.expand(batch, -1),  # (B, S)
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+        **{_cache_argument(type(model)): kv},
+    )
+    return SuffixRun(out.logits.float(), [len(s) for s in suffixes], _returned_cache(out), mask)
+
+
+def suffix_logprobs(
+    prefix: Prefix, run: SuffixRun, suffixes: list[list[int]], first: list[int]
+) -> list[list[float]]:
+    """Per row, log P of suffix tokens first[r], first[r]+1, … given everything before them.
+
+    Token 0 of a suffix is predicted by the prefix's last position; token j > 0
+    by suffix position j - 1. Needs `run` with logits at every position.
+    """
+    prefix_logp = prefix.last_logits.log_softmax(-1)  # (V,)
+    logp = run.logits.log_softmax(-1)  # (B, S, V)
+    out = []
+    for row, suffix in enumerate(suffixes):
+        values = []
+        for j in range(first[row], len(suffix)):
+            source = prefix_logp if j == 0 else logp[row, j - 1]
+            values.append(float(source[suffix[j]]))
+        out.append(values)
+    return out
+
+
+@torch.inference_mode()
+def greedy(
+    model,
+    prefix: Prefix,
+    queries: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int = 0,
+    stop=None,
+) -> list[list[int]]:
+    """Greedy tokens after prefix + each query (B rows decoded together).
+
+    `stop(tokens) -> bool` ends a row early (it is still decoded with the batch
+    until every row has stopped, then trimmed). Returns the new tokens per row.
+    """
+    device = _device(model)
+    run = run_suffixes(model, prefix, queries, pad_id=pad_id)
+    rows = torch.arange(len(queries), device=device)
+    last = torch.tensor([n - 1 for n in run.lengths], device=device)
+    next_ids = run.logits[rows, last].argmax(-1)  # (B,)
+    generated = [[int(t)] for t in next_ids]
+    done = [bool(stop and stop(g)) for g in generated]
+    kv, mask = run.cache, run.mask
+    positions = torch.tensor([prefix.length + n for n in run.lengths], device=device)  # (B,)
+    for _ in range(max_new_tokens - 1):
+        if all(done):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, P + S + t)
+        out = model(
+            input_ids=next_ids[:, None],  # (B, 1)
+            attention_mask=mask,
+            position_ids=positions[:, None],  # (B, 1)
+            use_cache=True,
+            **{_cache_argument(type(model)): kv},
+        )
+        kv = _returned_cache(out)
+        positions = positions + 1
+        next_ids = out.logits[:, -1].argmax(-1)  # (B,)
+        for row, token in enumerate(next_ids.tolist()):
+            if not done[row]:
+                generated[row].append(token)
+                done[row] = bool(stop and stop(generated[row]))
+    return generated
