@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from iclprobe.config import Task
+from iclprobe.config import Task, with_defaults
 from iclprobe.forward import encode_prompts
 from iclprobe.models import load_prepared
 from iclprobe.prompts import make_prompts
@@ -34,7 +34,18 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer, info = load_prepared(args.model, dtype="float32", device="cpu")
-    task = Task("seed_2x_plus_3", "2*x + 3", 0, 50, 30, args.replicates, 0, "({x}, {y})", ", ")
+    raw = with_defaults({"models": {}, "tasks": {}})
+    task = Task(
+        "seed_2x_plus_3",
+        "2*x + 3",
+        0,
+        50,
+        30,
+        args.replicates,
+        0,
+        raw["template"],
+        raw["separator"],
+    )
     _, encoded = encode_prompts(make_prompts(task), tokenizer)
     n_tokens = sum(len(e.input_ids) for e in encoded)
 

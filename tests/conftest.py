@@ -45,6 +45,7 @@ def make_task(**overrides) -> Task:
         "seed": 0,
         "template": "({x}, {y})",
         "separator": ", ",
+        "patch_target": "zero_shot",
     }
     return Task(**{**spec, **overrides})
 

@@ -120,3 +120,21 @@ def test_template_without_space_before_y_is_refused_when_a_token_straddles():
         check_boundary(tokenizer, task)
     check_boundary(tokenizer, make_task(**MIXED))  # the seed's template is fine
     check_boundary(tokenizer, make_task(template="({x},{y})"))  # no negative answers: fine
+
+
+@pytest.mark.parametrize("make_tokenizer", [digit_tokenizer, number_tokenizer])
+def test_encode_answer_matches_the_prompt_tokenization(make_tokenizer):
+    """A context + one answer tokenizes like the same example inside a full prompt."""
+    from iclprobe.prompts import draw_examples, render
+    from iclprobe.tokens import encode_answer
+
+    tokenizer = make_tokenizer()
+    task = make_task(**MIXED)
+    xs, ys = draw_examples(task, 1)
+    text, spans = render(task, xs, ys)
+    seq = encode(tokenizer, text, [AnswerSpan(*s) for s in spans])
+    for i in (0, 2, 3):
+        context = task.context_text(xs[:i], ys[:i]) + task.query_text(xs[i])
+        got = encode_answer(tokenizer, context, task, ys[i])
+        assert got.ids[: got.span[-1] + 1] == seq.input_ids[: seq.answer_tokens[i][-1] + 1]
+        assert got.span == seq.answer_tokens[i] and got.decision == seq.decision[i]

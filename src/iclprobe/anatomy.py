@@ -173,7 +173,9 @@ def anatomy_of(model: nn.Module) -> Anatomy:
             "iclprobe.anatomy.ARCHITECTURES and a tiny-model test for it"
         )
     blocks = tuple(_get(model, parts.blocks))
-    n_heads = config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_head
+    n_heads = (
+        config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_head
+    )
     d_model = config.hidden_size if hasattr(config, "hidden_size") else config.n_embd
     head_dim = getattr(config, "head_dim", None) or d_model // n_heads
     return Anatomy(

@@ -1,13 +1,16 @@
 """Typed, validated settings built from the raw Snakemake config.
 
-The JSON schema (workflow/schemas/config.schema.yaml) checks structure; this
-module checks what needs evaluating: task functions, templates, x ranges. Both
-run when the Snakefile is parsed, so a bad value fails before any job starts,
-and every message names the offending key and value.
+The JSON schema (workflow/schemas/config.schema.yaml) checks structure and
+holds every default (filled in here as Snakemake's `validate` does, so the
+settings have no second copy of them); this module checks what needs
+evaluating: task functions, templates, x ranges. Both run when the Snakefile
+is parsed, so a bad value fails before any job starts, and every message
+names the offending key and value.
 """
 
 from __future__ import annotations
 
+import copy
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,6 @@ import yaml
 
 from iclprobe.expr import ExpressionError, IntFunction, parse_function
 
-DEFAULT_TEMPLATE = "({x}, {y})"
-DEFAULT_SEPARATOR = ", "
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -27,20 +28,101 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the key and the value."""
 
 
+# Settings objects carry no defaults of their own: the schema's fill every key.
+
+
 @dataclass(frozen=True)
 class ForwardSettings:
-    batch_size: int = 8
-    top_k: int = 10
-    dtype: str = "auto"
-    device: str = "auto"
-    threads: int = 1
+    batch_size: int
+    top_k: int
+    dtype: str
+    device: str
+    threads: int
 
 
 @dataclass(frozen=True)
 class BayesSettings:
-    methods: tuple[str, ...] = ("prob_mse", "logodds")
-    n_boot: int = 200
-    interval_level: float = 0.95
+    methods: tuple[str, ...]
+    n_boot: int
+    interval_level: float
+
+
+def _first(replicates: int | None, total: int) -> list[int]:
+    """Replicate numbers 1..min(N, total), or all of them when N is None."""
+    return list(range(1, (total if replicates is None else min(replicates, total)) + 1))
+
+
+def _examples(spec: tuple, n_examples: int) -> list[int]:
+    """1-based example numbers: 'last' is n_examples; values beyond it are dropped."""
+    resolved = {n_examples if e == "last" else e for e in spec}
+    return sorted(e for e in resolved if e <= n_examples)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    enabled: bool
+    ks: tuple[int, ...]
+    replicates: int | None
+    batch_size: int
+
+    def ks_for(self, task: Task) -> list[int]:
+        return sorted(k for k in self.ks if k < task.n_examples)
+
+    def replicates_for(self, task: Task) -> list[int]:
+        return _first(self.replicates, task.replicates)
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    enabled: bool
+    examples: tuple[int | str, ...]
+    replicates: int | None
+    top_k: int
+    integers: bool
+    integer_replicates: int | None
+    candidate_range: tuple[int, int] | None
+
+    def examples_for(self, task: Task) -> list[int]:
+        return _examples(self.examples, task.n_examples)
+
+    def replicates_for(self, task: Task) -> list[int]:
+        return _first(self.replicates, task.replicates)
+
+    def integer_replicates_for(self, task: Task) -> list[int]:
+        return _first(self.integer_replicates, task.replicates)
+
+    def candidates_for(self, task: Task) -> list[int]:
+        """Candidate integers: the configured range, else 0 … 4·max(y) (from min(y) if < 0)."""
+        if self.candidate_range is not None:
+            low, high = self.candidate_range
+            return list(range(low, high + 1))
+        answers = task.candidates()
+        return list(range(min(0, answers[0]), 4 * max(answers[-1], 1) + 1))
+
+
+@dataclass(frozen=True)
+class HeadsSettings:
+    enabled: bool
+    examples: tuple[int | str, ...]
+    replicates: int | None
+    causal: bool
+
+    def examples_for(self, task: Task) -> list[int]:
+        return _examples(self.examples, task.n_examples)
+
+    def replicates_for(self, task: Task) -> list[int]:
+        return _first(self.replicates, task.replicates)
+
+
+@dataclass(frozen=True)
+class PatchingSettings:
+    enabled: bool
+    replicates: int | None
+    pairs: int
+    context_examples: int
+
+    def replicates_for(self, task: Task) -> list[int]:
+        return _first(self.replicates, task.replicates)
 
 
 @dataclass(frozen=True)
@@ -59,6 +141,7 @@ class Task:
     control: str | None = None
     answer_low: int | None = None
     answer_high: int | None = None
+    patch_target: str | None = None
 
     @property
     def fn(self) -> IntFunction:
@@ -103,6 +186,10 @@ class Task:
         """One example followed by the separator: `({x}, {y}), `."""
         return self.query_text(x) + self.answer_text(y) + self.separator
 
+    def context_text(self, xs: list[int], ys: list[int]) -> str:
+        """Examples one after another, ready for the next example's {x}... minus its prefix."""
+        return "".join(self.example_text(x, y) for x, y in zip(xs, ys, strict=True))
+
     def query_text(self, x: int) -> str:
         """An example up to the scoring boundary: `({x},` (the lead whitespace excluded)."""
         return self.prefix + str(x) + self.middle[: len(self.middle) - len(self.lead)]
@@ -143,6 +230,7 @@ class Task:
             "answer_range": None
             if self.answer_low is None
             else [self.answer_low, self.answer_high],
+            "patch_target": self.patch_target,
         }
 
     @classmethod
@@ -170,6 +258,10 @@ class Settings:
     tasks: dict[str, Task]
     forward: ForwardSettings
     bayes: BayesSettings
+    probe: ProbeSettings
+    lens: LensSettings
+    heads: HeadsSettings
+    patching: PatchingSettings
 
     def control_of(self, task: str) -> str | None:
         """The shuffled twin of a task (same function, range, template), if configured."""
@@ -223,21 +315,74 @@ def check_config_file(path: Path | str) -> None:
         yaml.load(fh, Loader=_StrictLoader)
 
 
+def with_defaults(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """A copy of `raw` with every default of the schema filled in (as Snakemake's validate)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    filled = copy.deepcopy(raw)
+    _fill(filled, schema, schema)
+    return filled
+
+
+def _fill(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill(value, extra, root)
+
+
 def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
     """Build validated settings from a raw config dict (as Snakemake's `config`)."""
     if check_schema:
         validate_schema(raw)
+    raw = with_defaults(raw)
     for section in ("models", "tasks"):
         _check_case_collisions(section, raw[section])
-    fwd = ForwardSettings(**raw.get("forward", {}))
-    bay = raw.get("bayes", {})
-    bayes = BayesSettings(
-        methods=tuple(bay.get("methods", BayesSettings.methods)),
-        n_boot=bay.get("n_boot", BayesSettings.n_boot),
-        interval_level=bay.get("interval_level", BayesSettings.interval_level),
-    )
+    bayes = raw["bayes"]
+    lens = raw["lens"]
+    integers = lens["integers"]
     tasks = {name: _build_task(name, spec, raw) for name, spec in sorted(raw["tasks"].items())}
-    return Settings(models=dict(raw["models"]), tasks=tasks, forward=fwd, bayes=bayes)
+    for name, task in tasks.items():
+        if task.patch_target not in ("zero_shot", *tasks) or task.patch_target == name:
+            raise ConfigError(
+                f"tasks.{name}.patch_target: {task.patch_target!r} is neither zero_shot nor "
+                f"another task of the config ({', '.join(t for t in tasks if t != name)})"
+            )
+    return Settings(
+        models=dict(raw["models"]),
+        tasks=tasks,
+        forward=ForwardSettings(**raw["forward"]),
+        bayes=BayesSettings(
+            methods=tuple(bayes["methods"]),
+            n_boot=bayes["n_boot"],
+            interval_level=bayes["interval_level"],
+        ),
+        probe=ProbeSettings(**{**raw["probe"], "ks": tuple(raw["probe"]["ks"])}),
+        lens=LensSettings(
+            enabled=lens["enabled"],
+            examples=tuple(lens["examples"]),
+            replicates=lens["replicates"],
+            top_k=lens["top_k"],
+            integers=integers["enabled"],
+            integer_replicates=integers["replicates"],
+            candidate_range=None
+            if integers["candidate_range"] is None
+            else tuple(integers["candidate_range"]),
+        ),
+        heads=HeadsSettings(**{**raw["heads"], "examples": tuple(raw["heads"]["examples"])}),
+        patching=PatchingSettings(**raw["patching"]),
+    )
 
 
 def _check_case_collisions(section: str, names) -> None:
@@ -265,8 +410,8 @@ def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
             f"x_range [{low}, {high}]; x are drawn without replacement, so use at most {n_x} "
             "or widen x_range"
         )
-    template = spec.get("template", raw.get("template", DEFAULT_TEMPLATE))
-    separator = spec.get("separator", raw.get("separator", DEFAULT_SEPARATOR))
+    template = spec.get("template", raw["template"])
+    separator = spec.get("separator", raw["separator"])
     _check_template(where, template, separator)
     answer = spec.get("answer_range")
     task = Task(
@@ -275,13 +420,14 @@ def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
         x_low=low,
         x_high=high,
         n_examples=spec["n_examples"],
-        replicates=raw.get("replicates", 10),
-        seed=raw.get("seed", 0),
+        replicates=raw["replicates"],
+        seed=raw["seed"],
         template=template,
         separator=separator,
         control=spec.get("control"),
         answer_low=None if answer is None else answer[0],
         answer_high=None if answer is None else answer[1],
+        patch_target=spec["patch_target"],
     )
     try:
         ys = task.fn.values(task.xs)

@@ -153,3 +153,40 @@ def check_boundary(tokenizer, task: Task, model: str = "") -> None:
                 "e.g. '({x}, {y})'"
             )
         locate_answer(tokenizer, ids, offsets, text, span)
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    """A context followed by one answer, tokenized: where the answer's tokens are.
+
+    `ids` covers the context, the answer and the start of the next example (so
+    the terminator tokenizes as in a prompt); `span` are the indices of the
+    tokens that meet the answer's span (the first starts at the scoring
+    boundary); `decision` is the decision position.
+    """
+
+    ids: list[int]
+    span: list[int]
+    decision: int
+
+    @property
+    def boundary(self) -> int:
+        """Index of the first scored token; ids[:boundary] is the context."""
+        return self.span[0]
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return [self.ids[t] for t in self.span]
+
+
+def encode_answer(tokenizer, context: str, task: Task, y: int) -> AnswerTokens:
+    """Tokens of `context` (text up to the scoring boundary) followed by answer `y`.
+
+    Build `context` as `task.context_text(xs, ys) + task.query_text(x)`. The
+    whole text is tokenized at once, as the forward stage tokenizes a prompt.
+    """
+    answer, y_start, end = task.continuation(y)
+    b = len(context)
+    span = AnswerSpan(b, b + y_start, b + y_start + len(str(y)), b + end)
+    seq = encode(tokenizer, context + answer, [span])
+    return AnswerTokens(seq.input_ids, seq.answer_tokens[0], seq.decision[0])
