@@ -156,3 +156,71 @@ def test_names_differing_only_in_case_are_refused():
     raw["tasks"]["Identity"] = raw["tasks"]["identity"]
     with pytest.raises(ConfigError, match=r"'Identity' and 'identity' differ only in case"):
         load_settings(raw)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (
+            {"tasks.identity.n_examples": 1},
+            r"tasks\.identity\.n_examples: 1; the Bayesian fit needs a slope over at least 2",
+        ),
+        (
+            {"probe.ks": [30, 40]},
+            r"probe\.ks: none of \[30, 40\] is below tasks\.identity\.n_examples \(30\)",
+        ),
+        ({"lens.examples": [31]}, r"lens\.examples: none of \[31\] is within tasks\.identity"),
+        ({"heads.examples": [50, 60]}, r"heads\.examples: none of \[50, 60\]"),
+        (
+            {"patching.context_examples": 30},
+            r"patching\.context_examples: 30 leaves no example of tasks\.identity \(30 examples\)"
+            + r" to patch at; use at most 29",
+        ),
+        (
+            {"patching.pairs": 5000},
+            r"patching\.pairs: 5000 pairs .* in tasks\.seed_2x_plus_3\.x_range \[0, 50\] \(1640 do\)",
+        ),
+        (
+            {"lens.integers.candidate_range": [5, 1]},
+            r"lens\.integers\.candidate_range: \[5, 1\] is empty",
+        ),
+        (
+            {"tasks.identity.x_range": [0, 10**6]},
+            r"tasks\.identity\.x_range: \[0, 1000000\] holds 1000001 values; at most 10000",
+        ),
+    ],
+)
+def test_values_a_later_stage_cannot_use_are_refused(changes, expected):
+    raw = copy.deepcopy(DEFAULT)
+    for path, value in changes.items():
+        raw = _with_in(raw, path, value)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(raw)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"probe.ks": [30, 40], "probe.enabled": False},
+        {"patching.context_examples": 30, "patching.enabled": False},
+        {"lens.examples": [31], "lens.enabled": False},
+        {"lens.examples": [31, "last"]},
+        {"patching.context_examples": 29, "patching.pairs": 462},
+    ],
+)
+def test_settings_of_a_disabled_stage_or_within_limits_are_accepted(changes):
+    raw = copy.deepcopy(DEFAULT)
+    for path, value in changes.items():
+        raw = _with_in(raw, path, value)
+    load_settings(raw)
+
+
+def _with_in(raw: dict, path: str, value) -> dict:
+    """`raw` with the key at dotted `path` set to `value` (created if absent)."""
+    raw = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return raw

@@ -15,14 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import SMOLLM2
-from iclprobe.models import (
-    SOURCE_FILE,
-    ModelError,
-    check_source,
-    gguf_location,
-    load_prepared,
-    prepare_model,
-)
+from iclprobe.models import load_prepared, prepare_model
+from iclprobe.sources import SOURCE_FILE, ModelError, check_source, gguf_location
 
 PROMPT = "(3, 9), (17, 37), (100, 203), ("
 
@@ -78,7 +72,7 @@ def test_unknown_hub_id_offline_gives_one_clear_line(tmp_path):
     )
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("iclprobe.models.ModelError: hub id 'no-such-org/no-such-model'")
+    assert last.startswith("iclprobe.sources.ModelError: hub id 'no-such-org/no-such-model'")
     assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in last
     assert "set `path:` to its folder" in last
     assert not Path(tmp_path / "out").exists()

@@ -7,6 +7,7 @@ learned, its shuffled control is not.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, SMOLLM2
+from conftest import REPO, SMOLLM2, digit_tokenizer, tiny_llama
 from iclprobe.io import read_metadata, read_table
 
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -47,6 +48,8 @@ def small_config(model: dict, replicates: int = 2, n_examples: int = 6) -> dict:
         "replicates": replicates,
         "forward": {"batch_size": 2, "threads": 2},
         "bayes": {"n_boot": 20},
+        # Patching's context must leave an example to patch at (default 10).
+        "patching": {"context_examples": min(10, n_examples - 1)},
     }
 
 
@@ -133,6 +136,23 @@ def test_changing_one_task_reruns_only_that_task(tiny_run):
     config["tasks"]["identity"]["function"] = "x"
     config["forward"]["batch_size"] = 1
     write_config(tiny_run, config)
+    assert planned_jobs(tiny_run) == {}
+
+
+def test_new_weights_in_a_path_folder_rerun_preparation_and_everything_after(
+    tiny_run, tiny_llama_folder
+):
+    recorded = json.loads((tiny_run / "resources/models/m/iclprobe_source.json").read_text())
+    meta = read_metadata(tiny_run / "results" / "forward" / "m" / "identity.parquet")
+    assert meta["model"]["source_digest"] == recorded["source_digest"]
+    os.utime(tiny_llama_folder / "model.safetensors")  # touched, same content
+    assert planned_jobs(tiny_run) == {}
+    tiny_llama(len(digit_tokenizer()), seed=1).save_pretrained(tiny_llama_folder)
+    jobs = planned_jobs(tiny_run)
+    assert jobs["prepare_model"] == 1 and jobs["forward"] == 3 and jobs["bayes"] == 3
+    # Once prepared, the source is no longer needed: its recorded digest stands.
+    assert snakemake(tiny_run, "all").returncode == 0
+    shutil.rmtree(tiny_llama_folder)
     assert planned_jobs(tiny_run) == {}
 
 

@@ -359,7 +359,7 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
                 f"tasks.{name}.patch_target: {task.patch_target!r} is neither zero_shot nor "
                 f"another task of the config ({', '.join(t for t in tasks if t != name)})"
             )
-    return Settings(
+    settings = Settings(
         models=dict(raw["models"]),
         tasks=tasks,
         forward=ForwardSettings(**raw["forward"]),
@@ -383,6 +383,69 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
         heads=HeadsSettings(**{**raw["heads"], "examples": tuple(raw["heads"]["examples"])}),
         patching=PatchingSettings(**raw["patching"]),
     )
+    check_consistency(settings)
+    return settings
+
+
+# Every f(x) is evaluated at each parse (the answer set, the candidates): a range of
+# 10**9 x values would hang the Snakefile. 10,000 covers every 4-digit x.
+MAX_X_VALUES = 10_000
+
+
+def check_consistency(settings: Settings) -> None:
+    """Cross-field checks: values the schema accepts alone but a later stage cannot use.
+
+    Each message names the keys involved, their values and a fix. Checks of a
+    stage run only when it is enabled.
+    """
+    probe, lens, heads = settings.probe, settings.lens, settings.heads
+    for name, task in settings.tasks.items():
+        where = f"tasks.{name}"
+        if task.n_examples < 2:
+            raise ConfigError(
+                f"{where}.n_examples: {task.n_examples}; the Bayesian fit needs a slope over "
+                "at least 2 examples"
+            )
+        if probe.enabled and not probe.ks_for(task):
+            raise ConfigError(
+                f"probe.ks: none of {list(probe.ks)} is below {where}.n_examples "
+                f"({task.n_examples}); add a smaller k or set probe.enabled: false"
+            )
+        for stage, section in (("lens", lens), ("heads", heads)):
+            if section.enabled and not section.examples_for(task):
+                raise ConfigError(
+                    f"{stage}.examples: none of {list(section.examples)} is within {where}'s "
+                    f"{task.n_examples} examples; add `last` or a smaller example"
+                )
+        if settings.patching.enabled:
+            _check_patching(settings, task)
+    if lens.enabled and lens.integers and lens.candidate_range is not None:
+        low, high = lens.candidate_range
+        if low > high:
+            raise ConfigError(
+                f"lens.integers.candidate_range: [{low}, {high}] is empty; write [low, high]"
+            )
+
+
+def _check_patching(settings: Settings, task: Task) -> None:
+    """The source prompt is a replicate's first `context_examples` examples and a query."""
+    context = settings.patching.context_examples
+    where = f"tasks.{task.name}"
+    if context >= task.n_examples:
+        raise ConfigError(
+            f"patching.context_examples: {context} leaves no example of {where} "
+            f"({task.n_examples} examples) to patch at; use at most {task.n_examples - 1} "
+            "or set patching.enabled: false"
+        )
+    # A pair needs two different query x, neither among the context's x.
+    free = len(task.xs) - context
+    if settings.patching.pairs > free * (free - 1):
+        raise ConfigError(
+            f"patching.pairs: {settings.patching.pairs} pairs of different x (x_source, "
+            f"x_target) outside a context of {context} examples do not exist in {where}."
+            f"x_range [{task.x_low}, {task.x_high}] ({max(free * (free - 1), 0)} do); "
+            "lower patching.pairs or widen x_range"
+        )
 
 
 def _check_case_collisions(section: str, names) -> None:
@@ -404,6 +467,11 @@ def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
     if low > high:
         raise ConfigError(f"{where}.x_range: [{low}, {high}] is empty; write [low, high]")
     n_x = high - low + 1
+    if n_x > MAX_X_VALUES:
+        raise ConfigError(
+            f"{where}.x_range: [{low}, {high}] holds {n_x} values; at most {MAX_X_VALUES} "
+            "(every f(x) is evaluated when the config is read)"
+        )
     if spec["n_examples"] > n_x:
         raise ConfigError(
             f"{where}.n_examples: {spec['n_examples']} is more than the {n_x} distinct x in "

