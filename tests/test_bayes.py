@@ -110,10 +110,27 @@ def test_fit_is_finite_when_lm_is_certain(method, level):
     assert math.isfinite(lo) and math.isfinite(hi)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_fit_is_deterministic(method):
-    p = _noisy_curves(LN2, 0.2, 5, 10, 0.3, seed=3)
-    assert fit_learner(p, method) == fit_learner(p, method)
+def test_prob_mse_fit_is_the_global_minimum_of_a_grid_search():
+    """The local optimiser, started from the log-odds fit, lands on the global optimum.
+
+    An independent brute-force search over (logit theta_0, log-odds slope) on a fine
+    grid finds no lower loss, and its minimum lies next to the fitted parameters.
+    """
+    p = _noisy_curves(LN2, 0.2, 5, 10, 0.8, seed=3)
+    fit = fit_learner(p, "prob_mse")
+    a_grid = np.linspace(-4.0, 2.0, 601)  # (A,)
+    b_grid = np.linspace(-1.0, 2.0, 601)  # (B,)
+    steps = np.arange(p.shape[1])  # (N,)
+    best = (np.inf, 0.0, 0.0)
+    for a in a_grid:
+        curves = expit(a + b_grid[:, None] * steps[None, :])  # (B, N)
+        loss = ((curves[:, None, :] - p[None, :, :]) ** 2).mean(axis=(1, 2))  # (B,)
+        k = int(np.argmin(loss))
+        best = min(best, (float(loss[k]), a, b_grid[k]))
+    grid_loss, a_best, b_best = best
+    assert fit.loss <= grid_loss + 1e-12
+    assert logit(fit.theta0) == pytest.approx(a_best, abs=0.02)
+    assert logit(fit.c) == pytest.approx(b_best, abs=0.01)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -127,11 +144,14 @@ def test_bootstrap_interval_covers_true_c_with_noise(method, c):
     assert lo < hi
 
 
-def test_bootstrap_is_seeded():
+def test_bootstrap_resamples_replicates_with_the_seeded_generator():
+    """The interval equals a bootstrap written out by hand; another seed moves it."""
     p = _noisy_curves(0.7, 0.2, 6, N_EXAMPLES, 0.3, seed=2)
-    assert bootstrap_c(p, "logodds", n_boot=50, seed=4) == bootstrap_c(
-        p, "logodds", n_boot=50, seed=4
-    )
+    rows = np.random.default_rng(4).integers(0, 6, size=(50, 6))
+    cs = [fit_learner(p[idx], "logodds").c for idx in rows]
+    expected = tuple(np.quantile(cs, [0.025, 0.975]))
+    assert bootstrap_c(p, "logodds", n_boot=50, seed=4) == pytest.approx(expected, abs=1e-12)
+    assert bootstrap_c(p, "logodds", n_boot=50, seed=5) != pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -156,10 +176,18 @@ def test_fit_table_shape_columns_and_recovery():
         "theta0",
         "loss",
         "rmse",
+        "loss_units",
+        "rmse_units",
         "c_lo",
         "c_hi",
         "ln2_inside",
         "c_minus_ln2",
+        "c_excludes_half",
+        "r2_vs_flat",
+        "clipped_fraction",
+        "at_limit",
+        "informative",
+        "fit_note",
         "log_odds_slope",
         "n_replicates",
         "n_examples",
@@ -192,11 +220,13 @@ def test_fit_table_matches_fit_learner_on_pivoted_array():
     assert table["c"].item() == pytest.approx(fit_learner(p, "prob_mse").c, abs=1e-9)
 
 
-def test_fit_table_single_replicate_interval_is_nan():
+def test_fit_table_single_replicate_has_no_interval_and_no_verdict_on_ln2():
     p = simulate_learner(LN2, 0.2, 10)[np.newaxis, :]
     table = fit_table(_long_frame({"t": p}), n_boot=10)
-    assert table["c_lo"].is_nan().all() and table["c_hi"].is_nan().all()
-    assert not table["ln2_inside"].any()
+    for column in ("c_lo", "c_hi", "ln2_inside", "c_excludes_half"):
+        assert table[column].is_null().all(), column
+    assert not table["informative"].any()
+    assert table["fit_note"].str.contains("no interval on c \\(1 replicate\\)").all()
 
 
 def test_fit_table_rejects_incomplete_grid():
@@ -231,3 +261,72 @@ def test_bad_method_raises_naming_value_and_valid_methods():
 def test_fit_rejects_out_of_range_probabilities():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         fit_learner(np.array([0.2, 1.3, 0.5]))
+
+
+# ----------------------------------------------------------- does a fit mean anything?
+
+N_LONG = 30
+
+
+def _fits(p: np.ndarray) -> dict[str, dict]:
+    table = fit_table(_long_frame({"t": p}), n_boot=100)
+    return {row["method"]: row for row in table.iter_rows(named=True)}
+
+
+def test_clean_synthetic_learner_is_informative():
+    p = _noisy_curves(0.7, 0.05, n_rep=10, n=N_LONG, sd=0.3, seed=0)
+    for method, row in _fits(p).items():
+        assert row["informative"] is True, (method, row["fit_note"])
+        assert row["fit_note"] == ""
+        assert row["c_excludes_half"] is True and row["r2_vs_flat"] > 0.9
+        assert not row["at_limit"]
+    # The curve saturates: about a third of the points lie within the clip of 1.
+    assert 0.2 < row["clipped_fraction"] < 0.5
+
+
+def test_flat_curve_is_not_informative():
+    p = _noisy_curves(0.5, 0.3, n_rep=10, n=N_LONG, sd=0.3, seed=0)
+    for method, row in _fits(p).items():
+        assert row["informative"] is False, method
+        assert row["c_excludes_half"] is False
+        assert row["r2_vs_flat"] < 0.1
+        assert "includes 0.5" in row["fit_note"] and "flat line" in row["fit_note"]
+
+
+def test_exactly_flat_curve_has_no_variance_to_explain():
+    row = _fits(np.full((4, 10), 0.3))["prob_mse"]
+    assert row["r2_vs_flat"] is None and "the curve is flat" in row["fit_note"]
+
+
+def test_curve_at_the_clipping_value_is_not_informative():
+    """A random model: P(A) ~ 5e-10 and falling a little; the fits look precise but are not."""
+    rng = np.random.default_rng(0)
+    p = 5e-10 * np.exp(rng.normal(0.0, 0.2, (10, N_LONG)) - 0.01 * np.arange(N_LONG))
+    fits = _fits(p)
+    for method, row in fits.items():
+        assert row["informative"] is False, method
+        assert row["clipped_fraction"] == 1.0
+        assert "(clipped) at 100% of points" in row["fit_note"]
+    # Log-odds: every point is the clip constant, so c = 0.5 and theta0 = the clip exactly.
+    logodds = fits["logodds"]
+    assert logodds["c"] == pytest.approx(0.5) and logodds["theta0"] == pytest.approx(1e-6)
+    assert logodds["at_limit"] and "theta0 within 1e-06 of 0 or 1" in logodds["fit_note"]
+
+
+def test_parameter_at_the_bound_is_flagged():
+    """An LM certain from the first example: prob_mse pushes theta0 to its bound."""
+    row = _fits(np.full((3, 8), 1.0))["prob_mse"]
+    assert row["at_limit"] is True and not row["informative"]
+    assert "bound" in row["fit_note"] or "clipping value" in row["fit_note"]
+
+
+def test_loss_units_name_each_method_space():
+    fits = _fits(_noisy_curves(0.7, 0.2, n_rep=4, n=10, sd=0.1, seed=1))
+    assert (fits["prob_mse"]["loss_units"], fits["prob_mse"]["rmse_units"]) == (
+        "probability^2",
+        "probability",
+    )
+    assert (fits["logodds"]["loss_units"], fits["logodds"]["rmse_units"]) == (
+        "log-odds nats^2",
+        "log-odds nats",
+    )

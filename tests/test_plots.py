@@ -152,7 +152,7 @@ def test_lm_prior_figure_content(one_task):
     texts = _legend_texts(ax)
     label = next(t for t in texts if t.startswith("fitted learner (logodds)"))
     assert f"[{fit['c_lo']:.3f}, {fit['c_hi']:.3f}]" in label
-    assert f"θ₀ = {fit['theta0']:.3f}" in label
+    assert f"θ₀ = {fit['theta0']:.3g}" in label
     assert not any("uniform code" in t for t in texts)
     assert any("shuffled control" in t for t in texts)
     plt.close(fig)
@@ -209,15 +209,18 @@ def test_c_by_model_and_task(tmp_path, bayes_all):
 
 
 def test_c_by_model_and_task_with_nan_intervals(tmp_path, bayes_all):
-    """A single-replicate fit has a NaN interval: its point is drawn without a bar."""
+    """A single-replicate fit has no interval: its point is drawn without a bar."""
     single = fit_table(_surprisal_rows("tiny-c", "linear", 0.7, 0.1, 1, 7), n_boot=20)
-    assert single["c_lo"].is_nan().all()
+    assert single["c_lo"].is_null().all()
     table = pl.concat([bayes_all, single])
     fig = plots.build_c_by_model_and_task(table)
     panels = fig.axes
     assert [_errorbar_segments(ax) for ax in panels] == [4, 4]
-    points = [ln for ln in panels[0].get_lines() if ln.get_label() == "tiny-c"]
-    assert len(points) == 1 and len(points[0].get_xdata()) == 1
+    # Four fits with intervals and tiny-c's, hollow: without an interval it is not informative.
+    points = [ln for ln in panels[0].get_lines() if ln.get_marker() == "o"]
+    assert sum(len(ln.get_xdata()) for ln in points) == 5
+    hollow = [ln for ln in points if ln.get_markerfacecolor() == "white" and len(ln.get_xdata())]
+    assert len(hollow) == 1 and hollow[0].get_xdata()[0] == pytest.approx(1.0, abs=0.3)
     assert "no interval" in fig._suptitle.get_text()
     plt.close(fig)
     _assert_png(plots.c_by_model_and_task(table, tmp_path / "c.png"))
@@ -260,3 +263,43 @@ def test_failed_build_closes_its_figure(one_task):
     broken = surprisal.with_columns(uniform_bits=pl.col("uniform_bits") + pl.col("example"))
     with pytest.raises(ValueError, match="expected one uniform_bits"):
         plots.build_lm_surprisal(broken, bayes)
+
+
+def test_uninformative_fit_is_drawn_apart_and_says_why(tmp_path):
+    """A flat curve (c = 0.5): the fitted line is grey and dashed, the legend says why."""
+    flat = _surprisal_rows("tiny-a", "flat", 0.5, 0.3, 3, 11)
+    bayes = fit_table(flat, n_boot=20)
+    row = bayes.filter(pl.col("method") == "prob_mse").row(0, named=True)
+    assert row["informative"] is False
+    fig = plots.build_lm_prior(flat, bayes)
+    ax = fig.axes[0]
+    label = next(t for t in _legend_texts(ax) if t.startswith("fitted learner"))
+    assert "NOT INFORMATIVE: " in label and "flat line" in label
+    fitted = [ln for ln in ax.get_lines() if ln.get_label().startswith("fitted learner")]
+    assert len(fitted) == 1 and fitted[0].get_color() == "0.6"
+    assert fitted[0].get_linestyle() == "--"  # matplotlib's name for any custom dash pattern
+    assert not [ln for ln in ax.get_lines() if ln.get_color() == "C3"]
+    plt.close(fig)
+    fig = plots.build_simulated_prior(bayes)
+    assert "NOT INFORMATIVE" in _legend_texts(fig.axes[0])[0]
+    plt.close(fig)
+
+
+def test_informative_fit_keeps_its_red_line(one_task):
+    surprisal, bayes, _ = one_task
+    assert bayes.filter(pl.col("method") == "prob_mse")["informative"].item() is True
+    fig = plots.build_lm_prior(surprisal, bayes)
+    label = next(t for t in _legend_texts(fig.axes[0]) if t.startswith("fitted learner"))
+    assert "NOT INFORMATIVE" not in label
+    plt.close(fig)
+
+
+def test_c_by_model_and_task_draws_uninformative_fits_hollow(bayes_all):
+    flat = fit_table(_surprisal_rows("tiny-a", "flat", 0.5, 0.3, 3, 11), n_boot=20)
+    table = pl.concat([bayes_all, flat])
+    fig = plots.build_c_by_model_and_task(table)
+    for panel in fig.axes:
+        hollow = [ln for ln in panel.get_lines() if ln.get_markerfacecolor() == "white"]
+        assert sum(len(ln.get_xdata()) for ln in hollow) == 1
+    assert "hollow marker: fit not informative" in fig._suptitle.get_text()
+    plt.close(fig)

@@ -15,6 +15,18 @@ Two fits are offered because they weight the curve differently:
   0 or 1 carry little weight, so a saturated curve does not dominate.
 * ``logodds`` is ordinary least squares on logit P(A). It uses the linear closed form
   directly, but amplifies noise where P(A) is close to 0 or 1.
+
+Any curve can be fitted, including one that carries no information: a random model's P(A)
+of 1e-10 at every example gives a tight interval on c and a tiny rmse. So each fit also says
+whether it means something (``informative``) and, when not, why (``fit_note``):
+
+* the bootstrap interval of c excludes 0.5 (the learner's belief changes: the slope in
+  log-odds is not 0);
+* the learner explains at least half of the variance of the mean curve against a flat line
+  (``r2_vs_flat``, in the method's space: probability or log-odds);
+* at most half of the P(A) values lie within ``_P_CLIP`` of 0 or 1 (``clipped_fraction``),
+  where the log-odds are the clipping constant's and probabilities carry no resolution;
+* no parameter sits at the optimiser's bound or theta_0 at the clipping value (``at_limit``).
 """
 
 from __future__ import annotations
@@ -42,13 +54,21 @@ _PARAM_BOUND = 20.0
 
 _FIT_COLUMNS = ("model", "task", "replicate", "example", "surprisal_nats")
 
+# What a fit must reach to count as informative (see the module docstring).
+MIN_R2 = 0.5
+MAX_CLIPPED = 0.5
+
+# Units of `loss` and `rmse` per method: what the objective's residuals are measured in.
+LOSS_UNITS = {"prob_mse": "probability^2", "logodds": "log-odds nats^2"}
+RMSE_UNITS = {"prob_mse": "probability", "logodds": "log-odds nats"}
+
 
 @dataclass(frozen=True)
 class LearnerFit:
     """Best-fitting learner for one set of curves.
 
-    ``loss`` is the method's objective at the optimum (a mean squared error: probability^2
-    for ``prob_mse``, nats^2 of log-odds for ``logodds``) and ``rmse`` is its square root.
+    ``loss`` is the method's objective at the optimum (a mean squared error, in
+    ``LOSS_UNITS[method]``) and ``rmse`` is its square root (``RMSE_UNITS[method]``).
     """
 
     c: float
@@ -202,6 +222,77 @@ def bootstrap_c(
     return (float(lo), float(hi))
 
 
+@dataclass(frozen=True)
+class FitQuality:
+    """Whether a fit describes the curve; see the module docstring for each criterion."""
+
+    c_excludes_half: bool | None
+    r2_vs_flat: float | None
+    clipped_fraction: float
+    at_limit: bool
+    informative: bool
+    note: str
+
+
+def _in_method_space(p: np.ndarray, method: str) -> np.ndarray:
+    """P(A) as the method measures it: probability, or clipped log-odds."""
+    return p if method == "prob_mse" else logit(np.clip(p, _P_CLIP, 1.0 - _P_CLIP))
+
+
+def fit_quality(
+    p_correct: np.ndarray, fit: LearnerFit, interval: tuple[float, float]
+) -> FitQuality:
+    """Judge a fit of `p_correct` (R, N): does it say more than a flat line would?
+
+    `r2_vs_flat` compares the learner with the best constant on the mean curve over
+    replicates, in the method's space; it is None when that curve is exactly flat.
+    """
+    p = _as_curves(p_correct)
+    n = p.shape[1]
+    curve = _in_method_space(p, fit.method).mean(axis=0)  # (N,)
+    line = logit(fit.theta0) + logit(fit.c) * np.arange(n)  # (N,) the learner in log-odds
+    learner = expit(line) if fit.method == "prob_mse" else line
+    # Flat up to rounding: a constant's mean is not always exactly itself in floating point.
+    flat = np.ptp(curve) <= 1e-12 * np.max(np.abs(curve))
+    total = float(np.sum((curve - curve.mean()) ** 2))
+    r2 = None if flat else 1.0 - float(np.sum((curve - learner) ** 2)) / total
+    clipped = float(np.mean((p < _P_CLIP) | (p > 1.0 - _P_CLIP)))
+    a, b = line[0], logit(fit.c)
+    edge = _PARAM_BOUND * (1.0 - 1e-6)
+    at_bound = fit.method == "prob_mse" and max(abs(a), abs(b)) >= edge
+    # Within rounding of the clip: the log-odds fit of an all-clipped curve returns it.
+    clip = _P_CLIP * (1.0 + 1e-6)
+    at_clip = not clip < fit.theta0 < 1.0 - clip
+    lo, hi = interval
+    excludes = None if math.isnan(lo) or math.isnan(hi) else bool(lo > 0.5 or hi < 0.5)
+
+    notes = []
+    if excludes is None:
+        notes.append(f"no interval on c ({p.shape[0]} replicate)")
+    elif not excludes:
+        notes.append("the interval of c includes 0.5 (no change of belief)")
+    if r2 is None:
+        notes.append("the curve is flat")
+    elif r2 < 0:
+        notes.append(f"the learner fits the mean curve worse than a flat line (R² = {r2:.3g})")
+    elif r2 < MIN_R2:
+        notes.append(f"the learner explains {r2:.0%} of the curve's variance vs a flat line")
+    if clipped > MAX_CLIPPED:
+        notes.append(f"P(A) within {_P_CLIP:g} of 0 or 1 (clipped) at {clipped:.0%} of points")
+    if at_bound:
+        notes.append(f"a parameter at the fit's bound (|logit| = {_PARAM_BOUND:g})")
+    if at_clip:
+        notes.append(f"theta0 within {_P_CLIP:g} of 0 or 1 (the clipping value)")
+    return FitQuality(
+        c_excludes_half=excludes,
+        r2_vs_flat=r2,
+        clipped_fraction=clipped,
+        at_limit=bool(at_bound or at_clip),
+        informative=not notes,
+        note="; ".join(notes),
+    )
+
+
 def _curves_from_group(group: pl.DataFrame) -> np.ndarray:
     """Pivot one (model, task) group's long surprisal rows into an (R, N) P(A) array.
 
@@ -229,6 +320,8 @@ def _fit_row(
 ) -> dict:
     fit = fit_learner(p, method)
     c_lo, c_hi = bootstrap_c(p, method, n_boot=n_boot, seed=seed, level=level)
+    quality = fit_quality(p, fit, (c_lo, c_hi))
+    has_interval = quality.c_excludes_half is not None
     return {
         # Group keys are stringified so the output schema is stable whatever the input dtype.
         "model": str(model),
@@ -238,11 +331,19 @@ def _fit_row(
         "theta0": fit.theta0,
         "loss": fit.loss,
         "rmse": fit.rmse,
-        "c_lo": c_lo,
-        "c_hi": c_hi,
-        # Comparisons with nan are False, so an undefined interval never "contains" ln 2.
-        "ln2_inside": bool(c_lo <= LN2 <= c_hi),
+        "loss_units": LOSS_UNITS[method],
+        "rmse_units": RMSE_UNITS[method],
+        # Without an interval (one replicate) these are unknown, not False.
+        "c_lo": c_lo if has_interval else None,
+        "c_hi": c_hi if has_interval else None,
+        "ln2_inside": bool(c_lo <= LN2 <= c_hi) if has_interval else None,
         "c_minus_ln2": fit.c - LN2,
+        "c_excludes_half": quality.c_excludes_half,
+        "r2_vs_flat": quality.r2_vs_flat,
+        "clipped_fraction": quality.clipped_fraction,
+        "at_limit": quality.at_limit,
+        "informative": quality.informative,
+        "fit_note": quality.note,
         "log_odds_slope": float(logit(fit.c)),
         "n_replicates": p.shape[0],
         "n_examples": p.shape[1],
@@ -259,10 +360,18 @@ _TABLE_SCHEMA = {
     "theta0": pl.Float64,
     "loss": pl.Float64,
     "rmse": pl.Float64,
+    "loss_units": pl.String,
+    "rmse_units": pl.String,
     "c_lo": pl.Float64,
     "c_hi": pl.Float64,
     "ln2_inside": pl.Boolean,
     "c_minus_ln2": pl.Float64,
+    "c_excludes_half": pl.Boolean,
+    "r2_vs_flat": pl.Float64,
+    "clipped_fraction": pl.Float64,
+    "at_limit": pl.Boolean,
+    "informative": pl.Boolean,
+    "fit_note": pl.String,
     "log_odds_slope": pl.Float64,
     "n_replicates": pl.Int64,
     "n_examples": pl.Int64,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -74,13 +75,30 @@ def _fit_row(
 
 
 def _fit_label(row: dict) -> str:
-    """'c = 0.693 [0.61, 0.77] (95% bootstrap CI), θ₀ = 0.120', or a note when no interval."""
+    """'c = 0.693 [0.61, 0.77] (95% bootstrap CI), θ₀ = 0.120', or a note when no interval.
+
+    A fit that is not informative (see iclprobe.bayes) says so, and why, on a new line.
+    """
     c_lo, c_hi = row["c_lo"], row["c_hi"]
     if c_lo is None or c_hi is None or math.isnan(c_lo) or math.isnan(c_hi):
         interval = f" (no interval: {row['n_replicates']} replicate)"
     else:
         interval = f" [{c_lo:.3f}, {c_hi:.3f}] ({row['interval_level']:.0%} bootstrap CI)"
-    return f"c = {row['c']:.3f}{interval}, θ₀ = {row['theta0']:.3f}"
+    label = f"c = {row['c']:.3f}{interval}, θ₀ = {row['theta0']:.3g}"
+    if not _informative(row):
+        note = textwrap.fill(f"NOT INFORMATIVE: {row['fit_note']}", 100, subsequent_indent="  ")
+        label += "\n" + note
+    return label
+
+
+def _informative(row: dict) -> bool:
+    """False when the bayes table says the fit describes nothing (tables without the column: True)."""
+    return row.get("informative") is not False
+
+
+def _fit_style(row: dict, informative_style: dict) -> dict:
+    """The fitted line's style: grey and dotted when the fit is not informative."""
+    return informative_style if _informative(row) else _UNINFORMATIVE_STYLE
 
 
 def _n_examples(surprisal: pl.DataFrame) -> int:
@@ -121,6 +139,7 @@ _LM_STYLE = {"color": "C0", "marker": "o", "markersize": 4}
 _FIT_STYLE = {"color": "C3", "linestyle": "--"}
 _REF_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 2}
 _CONTROL_STYLE = {"color": "C2", "linestyle": "-.", "marker": "s", "markersize": 3}
+_UNINFORMATIVE_STYLE = {"color": "0.6", "linestyle": (0, (6, 3)), "linewidth": 1.2}
 
 
 # ------------------------------------------------------------------- per-task figures
@@ -143,7 +162,8 @@ def _build_lm(
         ax = style.new_axes()
         _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
         label = f"fitted learner ({method}): {_fit_label(row)}"
-        _draw_learner(ax, row["c"], row["theta0"], _n_examples(surprisal), y, label, **_FIT_STYLE)
+        line = _fit_style(row, _FIT_STYLE)
+        _draw_learner(ax, row["c"], row["theta0"], _n_examples(surprisal), y, label, **line)
         _draw_control(ax, control, y, **_CONTROL_STYLE)
         if y == "surprisal_bits":
             uniform = float(_only(surprisal, "uniform_bits"))
@@ -181,8 +201,9 @@ def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | N
     with style.drawing():
         ax = style.new_axes()
         fitted = f"fitted learner ({method}): {_fit_label(row)}"
-        _draw_learner(ax, row["c"], row["theta0"], n, y, fitted, marker="o", color="C3")
-        reference = f"reference learner: c = ln 2 ≈ {LN2:.3f}, θ₀ = {row['theta0']:.3f}"
+        line = _fit_style(row, {"marker": "o", "color": "C3"})
+        _draw_learner(ax, row["c"], row["theta0"], n, y, fitted, **line)
+        reference = f"reference learner: c = ln 2 ≈ {LN2:.3f}, θ₀ = {row['theta0']:.3g}"
         _draw_learner(ax, LN2, row["theta0"], n, y, reference, **_REF_STYLE)
         if y == "p_correct":
             ax.set_ylim(-0.02, 1.02)
@@ -277,7 +298,10 @@ def _draw_c_points(*, data, tasks: list[str], models: list[str], color, label, *
     has = np.isfinite(lo) & np.isfinite(hi)
     yerr = np.vstack([np.clip(c - lo, 0, None), np.clip(hi - c, 0, None)])[:, has]
     ax.errorbar(x[has], c[has], yerr=yerr, fmt="none", ecolor=color, capsize=4, elinewidth=1.5)
-    ax.plot(x, c, "o", color=color, markersize=7, label=label)
+    # Filled: the fit describes the curve; hollow: it is not informative (see fit_note).
+    solid = data["informative"].fillna(True).to_numpy(dtype=bool)
+    ax.plot(x[solid], c[solid], "o", color=color, markersize=7, label=label)
+    ax.plot(x[~solid], c[~solid], "o", mfc="white", mec=color, mew=1.5, markersize=7)
 
 
 def _legend_data(axes) -> dict:
@@ -292,7 +316,10 @@ def _legend_data(axes) -> dict:
 def _interval_caption(bayes_all: pl.DataFrame) -> str:
     levels = bayes_all["interval_level"].drop_nulls().unique().to_list()
     level = f"{levels[0]:.0%} " if len(levels) == 1 else ""
-    return f"bars: {level}bootstrap interval over replicates; no bar: no interval (one replicate)"
+    return (
+        f"bars: {level}bootstrap interval over replicates; no bar: no interval (one replicate)\n"
+        "hollow marker: fit not informative (see fit_note in bayes.parquet)"
+    )
 
 
 def build_c_by_model_and_task(bayes_all: pl.DataFrame) -> Figure:
@@ -302,7 +329,11 @@ def build_c_by_model_and_task(bayes_all: pl.DataFrame) -> Figure:
     tasks = sorted(bayes_all["task"].unique().to_list())
     models = sorted(bayes_all["model"].unique().to_list())
     methods = [m for m in METHODS if m in set(bayes_all["method"].to_list())]
-    data = bayes_all.select("model", "task", "method", "c", "c_lo", "c_hi").to_pandas()
+    if "informative" not in bayes_all.columns:
+        bayes_all = bayes_all.with_columns(informative=pl.lit(True))
+    data = bayes_all.select(
+        "model", "task", "method", "c", "c_lo", "c_hi", "informative"
+    ).to_pandas()
     with style.drawing():
         grid = sns.FacetGrid(
             data, col="method", col_order=methods, hue="model", hue_order=models,
