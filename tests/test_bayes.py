@@ -13,6 +13,7 @@ from iclprobe.bayes import (
     LN2,
     LearnerFit,
     bootstrap_c,
+    compare_with_controls,
     fit_learner,
     fit_table,
     simulate_learner,
@@ -330,3 +331,28 @@ def test_loss_units_name_each_method_space():
         "log-odds nats^2",
         "log-odds nats",
     )
+
+
+def test_fits_are_compared_with_their_shuffled_control():
+    learner = _noisy_curves(0.8, 0.1, n_rep=8, n=12, sd=0.3, seed=0)
+    curves = {
+        "rule": learner,
+        "rule_shuffled": _noisy_curves(0.5, 0.1, n_rep=8, n=12, sd=0.3, seed=1),
+        "same": learner,
+        "same_shuffled": _noisy_curves(0.8, 0.1, n_rep=8, n=12, sd=0.3, seed=2),
+        "alone": learner,
+    }
+    fits = fit_table(_long_frame(curves), n_boot=100)
+    controls = {"rule": "rule_shuffled", "same": "same_shuffled"}
+    table = compare_with_controls(fits, controls)
+    assert table.height == fits.height
+    rows = {(r["task"], r["method"]): r for r in table.iter_rows(named=True)}
+    for method in METHODS:
+        rule, shuffled = rows["rule", method], rows["rule_shuffled", method]
+        assert rule["control_task"] == "rule_shuffled"
+        assert (rule["control_c"], rule["control_c_lo"]) == (shuffled["c"], shuffled["c_lo"])
+        assert rule["c_differs_from_control"] is True
+        assert rows["same", method]["c_differs_from_control"] is False
+        for task in ("alone", "rule_shuffled"):
+            assert rows[task, method]["control_task"] is None
+            assert rows[task, method]["c_differs_from_control"] is None

@@ -80,17 +80,29 @@ def test_batch_of_eight_equals_batch_of_one():
             assert a.greedy_ids == b.greedy_ids
 
 
-def test_recorded_logits_are_consistent():
-    """Top-k logits and the log-normaliser reproduce the recorded log-probs."""
+@torch.no_grad()
+def test_recorded_logits_match_a_plain_forward_pass():
+    """Top-k logits, log-normaliser and greedy ids equal those of one plain HF pass.
+
+    The reference runs the model on one unpadded sequence and reads the full
+    logits at the position before each answer token (tolerance TOL).
+    """
     tokenizer = digit_tokenizer()
     model = tiny_llama(len(tokenizer))
-    seqs = _encoded(tokenizer, _task(), replicates=[1])
-    (scores,) = score_sequences(model, tokenizer, seqs, top_k=len(tokenizer))
-    for s in scores:
-        for pos, target in enumerate(s.token_ids):
-            logit = s.topk_logits[pos][s.topk_ids[pos].index(target)]
-            assert logit - s.log_normalizer[pos] == pytest.approx(s.token_logprobs[pos], abs=TOL)
-            assert s.greedy_ids[pos] == s.topk_ids[pos][0]
+    seqs = _encoded(tokenizer, _task(), replicates=[1, 2])
+    top_k = 5
+    scores = score_sequences(model, tokenizer, seqs, batch_size=2, top_k=top_k)
+    for seq, seq_scores in zip(seqs, scores, strict=True):
+        logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0].double()  # (S, V)
+        for toks, s in zip(seq.answer_tokens, seq_scores, strict=True):
+            for pos, t in enumerate(toks):
+                row = logits[t - 1]  # (V,) the distribution over token t
+                values, ids = row.topk(top_k)
+                assert s.topk_ids[pos] == ids.tolist()
+                assert s.topk_logits[pos] == pytest.approx(values.tolist(), abs=TOL)
+                assert s.log_normalizer[pos] == pytest.approx(float(row.logsumexp(-1)), abs=TOL)
+                assert s.greedy_ids[pos] == int(row.argmax())
+                assert s.token_ids[pos] == seq.input_ids[t]
 
 
 def test_answer_span_tokens():

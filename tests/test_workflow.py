@@ -116,9 +116,18 @@ def test_workflow_end_to_end_then_nothing_to_do(tiny_run):
     bayes = read_table(tiny_run / "results" / "bayes.parquet")
     assert {"model", "task", "c", "theta0", "loss", "c_lo", "c_hi"} <= set(bayes.columns)
     assert bayes.height == 3 * 2  # three tasks, two fitting methods
+    double_fits = bayes.filter(pl.col("task") == "double")
+    assert double_fits["control_task"].to_list() == ["double_shuffled"] * 2
+    assert double_fits["c_differs_from_control"].dtype == pl.Boolean
     meta = read_metadata(tiny_run / "results" / "forward" / "m" / "identity.parquet")
     assert meta["model"]["kind"] == "path" and meta["model"]["dtype"] == "float32"
     assert meta["task"]["template"] == "({x}, {y})" and "torch" in meta["versions"]
+    # The combined tables carry each (model, task)'s provenance, as the README says.
+    for combined in ("surprisal", "bayes"):
+        inputs = read_metadata(tiny_run / "results" / f"{combined}.parquet")["inputs"]
+        assert sorted(inputs["m"]) == ["double", "double_shuffled", "identity"]
+        assert inputs["m"]["double"]["model"]["source_digest"] == meta["model"]["source_digest"]
+        assert inputs["m"]["double"]["task"]["function"] == "2*x"
     # Each rule logged to its own file; the forward pass logged its progress.
     assert "scored 2/2 sequences" in (tiny_run / "logs/forward/m/identity.log").read_text()
     assert planned_jobs(tiny_run) == {}

@@ -402,3 +402,35 @@ def fit_table(
         p = _curves_from_group(group)
         rows.extend(_fit_row(model, task, p, m, n_boot, seed, level) for m in methods)
     return pl.DataFrame(rows, schema=_TABLE_SCHEMA).sort("model", "task", "method")
+
+
+def compare_with_controls(fits: pl.DataFrame, controls: dict[str, str]) -> pl.DataFrame:
+    """Each fit beside the fit of its task's shuffled control (same model and method).
+
+    A shuffled control has no rule to learn, so a c that its control matches says
+    nothing about the rule. `c_differs_from_control` is True when the two bootstrap
+    intervals of c do not overlap; null when the task has no control or either
+    fit has no interval.
+    """
+    control_map = pl.DataFrame(
+        {"task": list(controls), "control_task": list(controls.values())},
+        schema={"task": pl.String, "control_task": pl.String},
+    )
+    control_fits = fits.select(
+        "model",
+        "method",
+        pl.col("task").alias("control_task"),
+        pl.col("c").alias("control_c"),
+        pl.col("c_lo").alias("control_c_lo"),
+        pl.col("c_hi").alias("control_c_hi"),
+    )
+    both = pl.all_horizontal(
+        pl.col(k).is_not_null() for k in ("c_lo", "c_hi", "control_c_lo", "control_c_hi")
+    )
+    disjoint = (pl.col("c_lo") > pl.col("control_c_hi")) | (pl.col("c_hi") < pl.col("control_c_lo"))
+    return (
+        fits.join(control_map, on="task", how="left")
+        .join(control_fits, on=["model", "method", "control_task"], how="left")
+        .with_columns(c_differs_from_control=pl.when(both).then(disjoint).otherwise(None))
+        .sort("model", "task", "method")
+    )

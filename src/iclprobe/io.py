@@ -56,13 +56,31 @@ def _umask() -> int:
     return mask
 
 
+def _honour_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, everything in it) the modes `open`/`mkdir` would.
+
+    Writers inside a folder may make private files too (safetensors writes the
+    weights 0600 through a temporary file), so the whole tree is set. Execute
+    bits a writer set deliberately are kept, within the umask.
+    """
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if item.is_symlink():
+            continue
+        if item.is_dir():
+            item.chmod(0o777 & ~mask)
+        else:
+            item.chmod((0o666 | (item.stat().st_mode & 0o111)) & ~mask)
+
+
 @contextmanager
 def atomic_output(path: Path | str, *, directory: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; on success rename it onto `path`.
 
     The temporary file or folder is made private by `tempfile`; before the rename
-    it gets the mode a plain `open()` or `mkdir()` would have given it under the
-    current umask. On any error it is removed and `path` is left as it was. A
+    it (and everything in a folder) gets the mode a plain `open()` or `mkdir()`
+    would have given it under the current umask. On any error it is removed and `path` is left as it was. A
     `suffix` keeps the extension that writers such as matplotlib look at.
     """
     path = Path(path)
@@ -76,7 +94,7 @@ def atomic_output(path: Path | str, *, directory: bool = False, suffix: str = ""
         tmp = Path(name)
     try:
         yield tmp
-        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
+        _honour_umask(tmp)
         if not directory:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -125,6 +143,26 @@ def read_table(path: Path | str) -> pl.DataFrame:
         return pl.from_arrow(pq.read_table(path))
     except (OSError, pa.ArrowInvalid) as err:
         raise StaleCacheError(f"{path}: damaged Parquet file ({err})") from None
+
+
+def concat_tables(paths: list[Path | str]) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Tables of one (model, task) each, stacked, with each one's provenance kept.
+
+    The metadata holds every part's own metadata (model, task, scoring, the
+    versions that wrote it) under `inputs[model][task]`, so a combined table
+    says where each of its rows came from.
+    """
+    frames, inputs = [], {}
+    for path in paths:
+        frame, meta = read_table(path), read_metadata(path)
+        pairs = frame.select("model", "task").unique().rows()
+        if len(pairs) != 1:
+            raise ValueError(f"{path}: expected one (model, task), found {sorted(pairs)}")
+        (model, task), part = pairs[0], dict(meta)
+        part.pop("format_version", None)
+        inputs.setdefault(model, {})[task] = part
+        frames.append(frame)
+    return pl.concat(frames, how="vertical_relaxed"), {"inputs": inputs}
 
 
 def is_valid(path: Path | str) -> bool:

@@ -16,7 +16,7 @@ LOG2E = 1 / math.log(2)
 
 
 def per_replicate(forward: pl.DataFrame) -> pl.DataFrame:
-    """Surprisal columns for each (replicate, example) of one forward table."""
+    """Surprisal columns for each (model, task, replicate, example) of forward tables."""
     return (
         forward.select(
             "model",
@@ -31,14 +31,15 @@ def per_replicate(forward: pl.DataFrame) -> pl.DataFrame:
             "control",
             "greedy_correct",
         )
-        .sort("replicate", "example")
+        .sort("model", "task", "replicate", "example")
         .with_columns(
             surprisal_nats=-pl.col("logprob"),
             surprisal_bits=-pl.col("logprob") * LOG2E,
             p_correct=pl.col("logprob").exp(),
         )
         .with_columns(
-            cumulative_bits=pl.col("surprisal_bits").cum_sum().over("replicate"),
+            # Per curve: a frame may hold several models and tasks.
+            cumulative_bits=pl.col("surprisal_bits").cum_sum().over("model", "task", "replicate"),
             uniform_bits=pl.col("n_candidates").cast(pl.Float64).log(2),
         )
         .with_columns(uniform_cumulative_bits=pl.col("uniform_bits") * pl.col("example"))

@@ -28,6 +28,8 @@ rule bayes_table:
     conda:
         "../envs/iclprobe.yaml"
     params:
-        code=code("concat_tables.py"),
+        controls={t: SETTINGS.control_of(t) for t in TASKS if SETTINGS.control_of(t)},
+        format_version=FORMAT_VERSION,
+        code=code("bayes_table.py"),
     script:
-        "../scripts/concat_tables.py"
+        "../scripts/bayes_table.py"
