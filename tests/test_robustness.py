@@ -26,6 +26,7 @@ from iclprobe.io import (
     write_table,
 )
 from iclprobe.prompts import make_prompts
+from iclprobe.scoring import BATCH_BOUND_NATS
 
 
 def _table(tmp_path, name="good.parquet"):
@@ -96,7 +97,7 @@ def test_killed_forward_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, s
     """SIGKILL the whole workflow mid forward pass; the rerun matches a clean run.
 
     The clean run uses batch size 8 and the killed one batch size 1, so the
-    comparison also covers determinism across runs and batch sizes.
+    comparison also covers batch sizes: log-probs within the documented bound.
     """
     config = small_config({"path": str(smollm2_folder)}, replicates=6, n_examples=20)
     config["tasks"] = {k: config["tasks"][k] for k in ("identity", "double")}
@@ -140,7 +141,7 @@ def test_killed_forward_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, s
     assert a.keys() == b.keys() and len(a) == 2
     for name in a:
         diff = (a[name]["logprob"] - b[name]["logprob"]).abs().max()
-        assert diff <= 1e-6, (name, diff)
+        assert diff <= BATCH_BOUND_NATS, (name, diff)
         assert (
             a[name]
             .drop("logprob", "token_logprobs", "topk_logits", "log_normalizer")

@@ -12,7 +12,7 @@ import torch
 from conftest import digit_tokenizer, make_task, number_tokenizer, tiny_gpt2, tiny_llama
 from iclprobe.config import Task
 from iclprobe.prompts import draw_examples, render
-from iclprobe.scoring import score_sequences
+from iclprobe.scoring import BATCH_BOUND_NATS, score_sequences
 from iclprobe.tokens import AnswerSpan, TokenizationError, encode, tokens_meeting
 
 TOL = 1e-4
@@ -78,6 +78,29 @@ def test_batch_of_eight_equals_batch_of_one():
         for a, b in zip(a_seq, b_seq):
             assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=BATCH_TOL)
             assert a.greedy_ids == b.greedy_ids
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the forward rule runs (forward.threads: 1), then restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.real_model
+def test_batch_size_moves_smollm2_logprobs_within_the_documented_bound(smollm2, one_thread):
+    """README, Reproducibility: batch sizes agree within BATCH_BOUND_NATS; reruns exactly."""
+    model, tokenizer, _ = smollm2
+    seqs = _encoded(tokenizer, _task(n_examples=20))
+    assert len({len(s.input_ids) for s in seqs}) > 1, "prompts of different lengths pad"
+    one, eight, again = (
+        [s.logprob for seq in score_sequences(model, tokenizer, seqs, batch_size=b) for s in seq]
+        for b in (1, 8, 8)
+    )
+    assert max(abs(a - b) for a, b in zip(one, eight, strict=True)) <= BATCH_BOUND_NATS
+    assert eight == again
 
 
 @torch.no_grad()
