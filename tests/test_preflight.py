@@ -154,3 +154,25 @@ def test_the_snakefile_imports_nothing_heavy(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_passed_checks_are_not_repeated_until_an_input_changes(tmp_path, monkeypatch):
+    _prepared(tmp_path / "m", digit_tokenizer(), window=64)
+    tasks = {"t": {"function": "x", "x_range": [0, 9], "n_examples": 3}}
+    passed = tmp_path / "passed"
+    assert check_prepared(_settings(tasks), tmp_path, passed) == ["m"]
+    loads = []
+    real = RawTokenizer.from_folder
+    monkeypatch.setattr(RawTokenizer, "from_folder", lambda f: loads.append(f) or real(f))
+    assert check_prepared(_settings(tasks), tmp_path, passed) == ["m"]
+    assert loads == []
+    # A longer task is new input: checked, and refused.
+    tasks["t"] = {"function": "x", "x_range": [0, 99], "n_examples": 20}
+    with pytest.raises(PreflightError, match="context window of 64"):
+        check_prepared(_settings(tasks), tmp_path, passed)
+    assert len(loads) == 1
+    # So is a new config.json (a smaller window) with the old task.
+    tasks["t"] = {"function": "x", "x_range": [0, 9], "n_examples": 3}
+    _prepared(tmp_path / "m", digit_tokenizer(), window=8)
+    with pytest.raises(PreflightError, match="context window of 8"):
+        check_prepared(_settings(tasks), tmp_path, passed)

@@ -11,6 +11,7 @@ comments or formatting reruns nothing.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -48,18 +49,31 @@ def _source_file(module: str) -> Path | None:
 
 def reached_modules(script: Path | str, package: str = "iclprobe") -> dict[str, str]:
     """Module name -> source, for every `package` module `script` reaches through imports."""
-    pending = imported_modules(Path(script).read_text(), package)
+    pending = set(_imports(Path(script).read_text(), package))
     sources: dict[str, str] = {}
     while pending:
         module = pending.pop()
         sources[module] = _source_file(module).read_text()
-        pending |= imported_modules(sources[module], package) - sources.keys()
+        pending |= _imports(sources[module], package) - sources.keys()
     return sources
+
+
+# The Snakefile asks for one digest per rule, and the rules' scripts share most
+# modules: each source is parsed once per process, not once per rule.
+@functools.lru_cache(maxsize=512)
+def _imports(source: str, package: str) -> frozenset[str]:
+    return frozenset(imported_modules(source, package))
+
+
+@functools.lru_cache(maxsize=512)
+def _layout_free(source: str) -> str:
+    """The module's syntax tree as text: comments and formatting gone."""
+    return ast.dump(ast.parse(source))
 
 
 def code_version(script: Path | str, package: str = "iclprobe") -> str:
     """Digest of every `package` module `script` reaches, comments and layout aside."""
     digest = hashlib.sha256()
     for module, source in sorted(reached_modules(script, package).items()):
-        digest.update(f"{module}\n{ast.dump(ast.parse(source))}\n".encode())
+        digest.update(f"{module}\n{_layout_free(source)}\n".encode())
     return digest.hexdigest()[:16]

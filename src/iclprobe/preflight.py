@@ -5,8 +5,7 @@ Once a model is prepared, `resources/models/{model}/` holds its tokenizer
 in the terminal and before a single job runs, what would otherwise stop a
 forward job minutes later inside its log: a prompt longer than the model's
 context window, an answer span that does not start on a token boundary
-(`tokens.check_boundary`), a tokenizer that cannot round-trip the prompts, a
-`top_k` larger than the vocabulary.
+(`tokens.check_boundary`), a `top_k` larger than the vocabulary.
 
 The Snakefile runs this at every parse, so it imports neither torch nor
 transformers: the `tokenizers` package reads `tokenizer.json` directly (0.02 s
@@ -16,13 +15,15 @@ A model that is not prepared yet is checked by its forward job instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iclprobe.prompts import make_prompts
+from iclprobe.io import atomic_output
+from iclprobe.prompts import draw_examples, render
 from iclprobe.sources import context_window
-from iclprobe.tokens import AnswerSpan, TokenizationError, check_boundary, encode
+from iclprobe.tokens import TokenizationError, check_boundary
 
 if TYPE_CHECKING:
     from iclprobe.config import Settings, Task
@@ -66,18 +67,9 @@ class RawTokenizer:
 
 
 def longest_prompt(task: Task, tokenizer) -> int:
-    """Tokens in the task's longest prompt; encodes every replicate as the forward stage does."""
-    prompts = make_prompts(task)
-    per_rep = prompts.sort("replicate", "example").partition_by("replicate", maintain_order=True)
-    longest = 0
-    for rows in per_rep:
-        spans = [
-            AnswerSpan(*span)
-            for span in rows.select("answer_start", "y_start", "y_end", "answer_end").iter_rows()
-        ]
-        seq = encode(tokenizer, rows["text"][0], spans)
-        longest = max(longest, len(seq.input_ids))
-    return longest
+    """Tokens in the task's longest prompt, as the forward stage tokenizes it."""
+    texts = (render(task, *draw_examples(task, r))[0] for r in range(1, task.replicates + 1))
+    return max(len(tokenizer(text)["input_ids"]) for text in texts)
 
 
 def check_pair(task: Task, model: str, tokenizer, window: int | None) -> int:
@@ -114,20 +106,54 @@ def check_vocabulary(settings: Settings, model: str, config: dict[str, Any]) -> 
             )
 
 
-def check_prepared(settings: Settings, models_root: Path | str) -> list[str]:
+def check_prepared(
+    settings: Settings, models_root: Path | str, passed: Path | str | None = None
+) -> list[str]:
     """Check every task against every model already prepared under `models_root`.
 
-    Returns the names of the models checked; raises PreflightError on the first problem.
+    Returns the names of the models checked; raises PreflightError on the first
+    problem. With `passed` (a folder), a model whose checks passed is recorded
+    there under a digest of everything they read (its tokenizer and config
+    files, the settings, this code) and not checked again until one changes:
+    loading a 3.5 MB tokenizer.json is most of the cost of a no-op rerun's check.
     """
     checked = []
     for model in sorted(settings.models):
         folder = Path(models_root) / model
-        if not (folder / "tokenizer.json").is_file() or not (folder / "config.json").is_file():
+        files = [folder / "tokenizer.json", folder / "config.json"]
+        if not all(f.is_file() for f in files):
             continue
-        config = json.loads((folder / "config.json").read_text())
-        check_vocabulary(settings, model, config)
-        tokenizer = RawTokenizer.from_folder(folder)
-        for task in settings.tasks.values():
-            check_pair(task, model, tokenizer, context_window(config))
+        stamp = None if passed is None else Path(passed) / _inputs_digest(settings, files)
+        if stamp is None or not stamp.is_file():
+            config = json.loads(files[1].read_text())
+            check_vocabulary(settings, model, config)
+            tokenizer = RawTokenizer.from_folder(folder)
+            for task in settings.tasks.values():
+                check_pair(task, model, tokenizer, context_window(config))
+            if stamp is not None:
+                _record(stamp)
         checked.append(model)
     return checked
+
+
+# Modules whose code decides the checks' outcome.
+_CHECK_CODE = ("preflight", "tokens", "prompts", "config", "expr", "sources")
+
+
+def _inputs_digest(settings: Settings, files: list[Path]) -> str:
+    package = Path(__file__).parent
+    inputs = {
+        "files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "tasks": [task.as_params() for _, task in sorted(settings.tasks.items())],
+        "top_k": [settings.forward.top_k, settings.lens.top_k],
+        "code": [(package / f"{m}.py").read_text() for m in _CHECK_CODE],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _record(stamp: Path) -> None:
+    try:
+        with atomic_output(stamp) as tmp:
+            tmp.write_text("passed\n")
+    except OSError:
+        pass  # a read-only project folder: check again next time

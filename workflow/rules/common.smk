@@ -31,7 +31,7 @@ if workflow.is_main_process:
     # With a model's tokenizer on disk, every (model, task) is checked now (prompt
     # lengths against the context window, the scoring boundary), not in a job's log.
     try:
-        check_prepared(SETTINGS, "resources/models")
+        check_prepared(SETTINGS, "resources/models", ".snakemake/iclprobe/preflight")
     except PreflightError as err:
         raise WorkflowError(str(err)) from None
 
