@@ -144,3 +144,15 @@ def smollm2_folder(tmp_path_factory) -> Path:
 def smollm2(smollm2_folder):
     """(model, tokenizer, info) of the real SmolLM2, float32 on CPU."""
     return load_prepared(smollm2_folder, dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_llama_folder):
+    """A workflow folder after a complete run on the tiny model (tests/test_workflow.py)."""
+    from test_workflow import small_config, snakemake, write_config
+
+    workdir = tmp_path / "run"
+    write_config(workdir, small_config({"path": str(tiny_llama_folder)}))
+    run = snakemake(workdir, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir

@@ -92,16 +92,6 @@ def expected_outputs(model: str, tasks: list[str]) -> list[str]:
     return files
 
 
-@pytest.fixture
-def tiny_run(tmp_path, tiny_llama_folder):
-    """A workflow folder after a complete run on the tiny model."""
-    workdir = tmp_path / "run"
-    write_config(workdir, small_config({"path": str(tiny_llama_folder)}))
-    run = snakemake(workdir, "all")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
-
-
 def test_workflow_end_to_end_then_nothing_to_do(tiny_run):
     for name in expected_outputs("m", ["identity", "double", "double_shuffled"]):
         assert (tiny_run / name).is_file(), name

@@ -104,5 +104,9 @@ def all_outputs():
         figure=TASK_FIGURES,
     )
     tables = ["results/surprisal.parquet", "results/bayes.parquet"]
+    tables += [
+        "results/tables/surprisal_summary.html",
+        "results/tables/bayes_summary.html",
+    ]
     cross = ["results/figures/c_by_model_and_task.png"]
     return per_pair + figures + tables + cross

@@ -4,10 +4,16 @@ rule task_figures:
         bayes="results/bayes/{model}/{task}.parquet",
         control=control_surprisal,
     output:
-        expand(
-            "results/figures/{{model}}/{{task}}/{figure}.png",
-            figure=TASK_FIGURES,
-        ),
+        [
+            report(
+                f"results/figures/{{model}}/{{task}}/{figure}.png",
+                caption=f"../report/{figure}.rst",
+                category="1. Learning curves",
+                subcategory="{model}",
+                labels={"model": "{model}", "task": "{task}", "figure": figure},
+            )
+            for figure in TASK_FIGURES
+        ],
     log:
         "logs/figures/{model}/{task}.log",
     conda:
@@ -23,7 +29,13 @@ rule cross_figures:
     input:
         bayes="results/bayes.parquet",
     output:
-        "results/figures/c_by_model_and_task.png",
+        report(
+            "results/figures/c_by_model_and_task.png",
+            caption="../report/c_by_model_and_task.rst",
+            category="1. Learning curves",
+            subcategory="all models",
+            labels={"model": "all", "task": "all", "figure": "fitted c"},
+        ),
     log:
         "logs/figures/cross.log",
     conda:
