@@ -356,3 +356,21 @@ def test_fits_are_compared_with_their_shuffled_control():
         for task in ("alone", "rule_shuffled"):
             assert rows[task, method]["control_task"] is None
             assert rows[task, method]["c_differs_from_control"] is None
+
+
+def test_report_summary_shows_whether_each_fit_means_anything():
+    from iclprobe.summaries import bayes_summary
+
+    curves = {
+        "rule": _noisy_curves(0.8, 0.1, n_rep=8, n=12, sd=0.3, seed=0),
+        "rule_shuffled": _noisy_curves(0.5, 0.1, n_rep=8, n=12, sd=0.3, seed=1),
+    }
+    fits = compare_with_controls(
+        fit_table(_long_frame(curves), n_boot=50), {"rule": "rule_shuffled"}
+    )
+    summary = bayes_summary(fits)
+    assert {"informative", "fit_note", "control_c", "c_differs_from_control"} <= set(
+        summary.columns
+    )
+    shuffled = summary.filter(pl.col("task") == "rule_shuffled")
+    assert not shuffled["informative"].any() and shuffled["fit_note"].str.len_chars().min() > 0

@@ -159,6 +159,8 @@ def test_editing_library_code_reruns_the_rules_that_use_it(tiny_run, tmp_path):
     """A copy of the package, first on the path, stands in for a developer's edit."""
     lib = tmp_path / "lib"
     shutil.copytree(REPO / "src" / "iclprobe", lib / "iclprobe")
+    # iclprobe.config finds the schema (the defaults) two folders above the package.
+    shutil.copytree(REPO / "workflow" / "schemas", tmp_path / "workflow" / "schemas")
     env = {**os.environ, "PYTHONPATH": str(lib)}
     assert planned_jobs(tiny_run, env) == {}, "an identical copy changes nothing"
 

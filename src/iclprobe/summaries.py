@@ -62,11 +62,12 @@ def surprisal_summary(
 
 
 def bayes_summary(bayes: pl.DataFrame) -> pl.DataFrame:
-    """The fitted learner per (model, task, method): c with its interval, θ₀, c − ln 2."""
+    """The fitted learner per (model, task, method): c with its interval, θ₀, c − ln 2,
+    whether the fit means anything (and why not), and how it compares with the control."""
     wanted = ["model", "task", "method", "c", "c_lo", "c_hi", "theta0", "c_minus_ln2"]
-    wanted += [c for c in ("informative", "note") if c in bayes.columns]
-    wanted += ["rmse", "n_replicates", "n_examples"]
-    return bayes.select(wanted).sort("model", "task", "method")
+    wanted += ["informative", "fit_note", "r2_vs_flat", "control_c", "c_differs_from_control"]
+    wanted += ["rmse", "rmse_units", "n_replicates", "n_examples"]
+    return bayes.select(c for c in wanted if c in bayes.columns).sort("model", "task", "method")
 
 
 def _cell(value) -> str:

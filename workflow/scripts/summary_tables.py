@@ -18,5 +18,8 @@ write_html_table(
     "The fitted two-hypothesis Bayesian learner",
     "c: sensitivity (probability an example is consistent with the rule under it); c_lo–c_hi: "
     "bootstrap interval over replicates; theta0: prior belief in the rule; c_minus_ln2: distance "
-    "from the seed's c = ln 2.",
+    "from the seed's c = ln 2; informative: whether the fit says more than a flat line (fit_note "
+    "says why not); r2_vs_flat: share of the mean curve's variance the learner explains; "
+    "control_c and c_differs_from_control: the shuffled control's c and whether the two "
+    "intervals are disjoint; rmse in rmse_units.",
 )
