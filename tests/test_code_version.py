@@ -58,3 +58,29 @@ def test_every_rule_with_a_script_carries_its_code_version():
         script = re.search(r'"\.\./scripts/(\w+\.py)"', block)
         assert script, f"rule {name} has no script"
         assert f'code=code("{script.group(1)}")' in block, f"rule {name} lacks its code version"
+
+
+def test_cached_facts_give_the_same_digest_without_parsing(tmp_path, monkeypatch):
+    """The Snakefile's cache of parsed modules, keyed by their text, changes no digest."""
+    from iclprobe import code_version as cv
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pkg, script = _toy_package(tmp_path)
+    monkeypatch.setattr(cv, "_MEMORY", {})
+    monkeypatch.setattr(cv, "_ON_DISK", {})
+    cache = tmp_path / "cache" / "facts.json"
+    fresh = code_version(script, "toypkg")
+    assert code_version(script, "toypkg", cache_file=cache) == fresh
+    assert cache.is_file()
+    # A new process (empty memory) reads the file and parses nothing.
+    monkeypatch.setattr(cv, "_MEMORY", {})
+    monkeypatch.setattr(cv, "_ON_DISK", {})
+    parsed = []
+    real = cv._import_names  # called once for each source parsed
+    monkeypatch.setattr(cv, "_import_names", lambda tree, pkg: parsed.append(1) or real(tree, pkg))
+    assert code_version(script, "toypkg", cache_file=cache) == fresh
+    assert parsed == []
+    # An edited module is parsed again and changes the digest.
+    (pkg / "b.py").write_text("def twice(x):\n    return x + x\n")
+    assert code_version(script, "toypkg", cache_file=cache) != fresh
+    assert parsed == [1]

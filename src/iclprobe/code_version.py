@@ -11,16 +11,22 @@ comments or formatting reruns nothing.
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
 
 
 def imported_modules(source: str, package: str) -> set[str]:
     """Modules of `package` that `source` imports by absolute name."""
+    return {name for name in _import_names(ast.parse(source), package) if _source_file(name)}
+
+
+def _import_names(tree: ast.AST, package: str) -> set[str]:
+    """Names under `package` that a module imports: modules, or attributes of them."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -28,9 +34,7 @@ def imported_modules(source: str, package: str) -> set[str]:
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         else:
             continue
-        for name in names:
-            if (name == package or name.startswith(package + ".")) and _source_file(name):
-                found.add(name)
+        found.update(n for n in names if n == package or n.startswith(package + "."))
     return found
 
 
@@ -47,33 +51,70 @@ def _source_file(module: str) -> Path | None:
     return None
 
 
-def reached_modules(script: Path | str, package: str = "iclprobe") -> dict[str, str]:
+def _facts(source: str, package: str, cache: dict[str, Any]) -> list:
+    """[digest of the syntax tree, names under `package` it imports] of one source.
+
+    Keyed by the source text itself, so a cached entry can never be stale; the
+    Snakefile asks for one digest per rule, and parsing is most of the cost.
+    """
+    key = hashlib.sha256(f"{package}\0{source}".encode()).hexdigest()
+    if key not in cache:
+        tree = ast.parse(source)
+        layout_free = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+        cache[key] = [layout_free, sorted(_import_names(tree, package))]
+    return cache[key]
+
+
+def reached_modules(
+    script: Path | str, package: str = "iclprobe", cache: dict[str, Any] | None = None
+) -> dict[str, str]:
     """Module name -> source, for every `package` module `script` reaches through imports."""
-    pending = set(_imports(Path(script).read_text(), package))
+    cache = {} if cache is None else cache
+
+    def imports(source: str) -> set[str]:
+        return {name for name in _facts(source, package, cache)[1] if _source_file(name)}
+
+    pending = imports(Path(script).read_text())
     sources: dict[str, str] = {}
     while pending:
         module = pending.pop()
         sources[module] = _source_file(module).read_text()
-        pending |= _imports(sources[module], package) - sources.keys()
+        pending |= imports(sources[module]) - sources.keys()
     return sources
 
 
-# The Snakefile asks for one digest per rule, and the rules' scripts share most
-# modules: each source is parsed once per process, not once per rule.
-@functools.lru_cache(maxsize=512)
-def _imports(source: str, package: str) -> frozenset[str]:
-    return frozenset(imported_modules(source, package))
+# Facts per source text, shared by every call in this process, and kept on disk
+# between processes when the caller names a cache file (whose keys are noted here).
+_MEMORY: dict[str, Any] = {}
+_ON_DISK: dict[Path, set[str]] = {}
 
 
-@functools.lru_cache(maxsize=512)
-def _layout_free(source: str) -> str:
-    """The module's syntax tree as text: comments and formatting gone."""
-    return ast.dump(ast.parse(source))
-
-
-def code_version(script: Path | str, package: str = "iclprobe") -> str:
+def code_version(
+    script: Path | str, package: str = "iclprobe", cache_file: Path | str | None = None
+) -> str:
     """Digest of every `package` module `script` reaches, comments and layout aside."""
+    cache = None if cache_file is None else Path(cache_file)
+    if cache is not None and cache not in _ON_DISK:
+        try:
+            stored = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        _MEMORY.update(stored)
+        _ON_DISK[cache] = set(stored)
     digest = hashlib.sha256()
-    for module, source in sorted(reached_modules(script, package).items()):
-        digest.update(f"{module}\n{_layout_free(source)}\n".encode())
+    for module, source in sorted(reached_modules(script, package, _MEMORY).items()):
+        digest.update(f"{module}\n{_facts(source, package, _MEMORY)[0]}\n".encode())
+    if cache is not None and _MEMORY.keys() - _ON_DISK[cache]:
+        _save(cache)
     return digest.hexdigest()[:16]
+
+
+def _save(path: Path) -> None:
+    from iclprobe.io import atomic_output  # io imports polars; needed only on a miss
+
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(_MEMORY))
+        _ON_DISK[path] = set(_MEMORY)
+    except OSError:
+        pass  # a read-only project folder: parse again next time

@@ -22,11 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # Bump when a stage's table layout or a convention changes: older caches are then rebuilt.
 # 2: the answer span starts at the whitespace before {y} (issue 7).
@@ -138,6 +140,8 @@ def read_metadata(path: Path | str) -> dict[str, Any]:
 
 def read_table(path: Path | str) -> pl.DataFrame:
     """Read a table written by `write_table`, refusing stale or damaged files."""
+    import polars as pl  # not at module level: the Snakefile imports this module
+
     read_metadata(path)
     try:
         return pl.from_arrow(pq.read_table(path))
@@ -152,6 +156,8 @@ def concat_tables(paths: list[Path | str]) -> tuple[pl.DataFrame, dict[str, Any]
     versions that wrote it) under `inputs[model][task]`, so a combined table
     says where each of its rows came from.
     """
+    import polars as pl
+
     frames, inputs = [], {}
     for path in paths:
         frame, meta = read_table(path), read_metadata(path)

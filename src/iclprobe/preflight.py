@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclprobe.io import atomic_output
-from iclprobe.prompts import draw_examples, render
 from iclprobe.sources import context_window
 from iclprobe.tokens import TokenizationError, check_boundary
 
@@ -68,6 +67,9 @@ class RawTokenizer:
 
 def longest_prompt(task: Task, tokenizer) -> int:
     """Tokens in the task's longest prompt, as the forward stage tokenizes it."""
+    # Imported here: prompts imports polars, which a no-op rerun (checks passed) never needs.
+    from iclprobe.prompts import draw_examples, render
+
     texts = (render(task, *draw_examples(task, r))[0] for r in range(1, task.replicates + 1))
     return max(len(tokenizer(text)["input_ids"]) for text in texts)
 

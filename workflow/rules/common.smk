@@ -58,7 +58,10 @@ wildcard_constraints:
 
 def code(script):
     """Digest of the library code behind a script: editing that code reruns the rule."""
-    return code_version(Path(workflow.basedir) / "scripts" / script)
+    scripts = Path(workflow.basedir) / "scripts"
+    return code_version(
+        scripts / script, cache_file=".snakemake/iclprobe/code-facts.json"
+    )
 
 
 def task_params(wildcards):
