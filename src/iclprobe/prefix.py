@@ -177,3 +177,84 @@ def greedy(
                 generated[row].append(token)
                 done[row] = bool(stop and stop(generated[row]))
     return generated
+
+
+# An empty index for `logits_to_keep`: run the blocks, unembed nothing (the
+# caller reads the residual stream through hooks and its own read-out).
+_NO_LOGITS = torch.empty(0, dtype=torch.long)
+
+
+def _cropped(cache, from_length: int, to_length: int):
+    """A copy of `cache` holding only its first `to_length` positions."""
+    kept = copy.deepcopy(cache)
+    if to_length < from_length:
+        kept.crop(to_length - from_length)  # a negative count removes that many positions
+    return kept
+
+
+@torch.inference_mode()
+def encode_prefixes(model, ids: list[int], lengths: list[int]) -> list[Prefix]:
+    """Prefixes ids[:n] for each n in `lengths`, from ONE pass over `ids`.
+
+    The pass's KV cache is cropped to each length, and only the positions
+    n − 1 are unembedded. With `lengths` empty the pass keeps no cache (its
+    hooks read what they need). Hooks registered around this call see (1, S, …).
+    """
+    if any(not 0 < n <= len(ids) for n in lengths):
+        raise ValueError(f"prefix lengths {lengths} must lie in 1…{len(ids)}")
+    device = _device(model)
+    input_ids = torch.tensor([ids], device=device)  # (1, S)
+    keep = torch.tensor([n - 1 for n in lengths], dtype=torch.long, device=device)  # (n,)
+    out = model(input_ids=input_ids, use_cache=bool(lengths), logits_to_keep=keep)
+    if not lengths:
+        return []
+    cache = _returned_cache(out)
+    return [
+        Prefix(list(ids[:n]), _cropped(cache, len(ids), n), out.logits[0, i].float())
+        for i, n in enumerate(lengths)
+    ]
+
+
+@dataclass
+class Rows:
+    """B continuations of one prefix, all of the same length: their KV cache (B rows).
+
+    `logits` (B, V) at each row's last token when `extend` was asked for them.
+    """
+
+    cache: object
+    length: int
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, prefix: Prefix) -> Rows:
+        """The prefix itself as one row."""
+        return cls(prefix.cache, prefix.length, prefix.last_logits[None])
+
+
+@torch.inference_mode()
+def extend(model, rows: Rows, parents: list[int], tokens: list[int], logits: bool = False) -> Rows:
+    """Rows one token longer: row r is row `parents[r]` of `rows` followed by `tokens[r]`.
+
+    Only the new tokens are run, over a copy of the parents' cache (`rows` is
+    left as it was), so a tree of continuations costs one token per node
+    (the lens runs the candidates' token trie level by level this way).
+    Hooks registered around this call see (B, 1, …). No padding: every row
+    has the same length, so no mask is needed beyond the causal one.
+    """
+    if len(parents) != len(tokens) or not tokens:
+        raise ValueError(f"need one parent per token, got {len(parents)} and {len(tokens)}")
+    device = _device(model)
+    batch = len(tokens)
+    kv = copy.deepcopy(rows.cache)
+    kv.batch_select_indices(torch.tensor(parents, dtype=torch.long, device=device))
+    out = model(
+        input_ids=torch.tensor(tokens, device=device)[:, None],  # (B, 1)
+        attention_mask=torch.ones((batch, rows.length + 1), dtype=torch.long, device=device),
+        position_ids=torch.full((batch, 1), rows.length, device=device),  # (B, 1)
+        use_cache=True,
+        logits_to_keep=1 if logits else _NO_LOGITS.to(device),
+        **{_cache_argument(type(model)): kv},
+    )
+    kept = out.logits[:, -1].float() if logits else None  # (B, V)
+    return Rows(_returned_cache(out), rows.length + 1, kept)

@@ -1,0 +1,135 @@
+"""The logit lens's distribution over candidate integers, per layer.
+
+For one context (the replicate's tokens before an example's scoring boundary)
+each candidate integer's tokens (lead space, digits, terminator;
+`tokens.encode_answer`) are teacher-forced from the boundary, and layer ℓ's
+read-out is applied at each of its positions. At every position the read-out
+is normalised over the tokens that can continue some candidate there (the
+children of that node in the candidates' token trie, `iclprobe.trie`), and
+a candidate's log-probability is the sum along its path. The result is a
+proper distribution over the candidates at every layer, and at layer L it is
+the model's own distribution over the candidates, normalised the same way.
+
+Cost: the context's KV cache is shared by all candidates, and only the trie's
+nodes with two or more children (and their ancestors) are run, one token per
+node, level by level (`prefix.extend`); a leaf's probability comes from its
+parent's read-out. For SmolLM2 and 0…412 that is 42 one-token rows, not 413
+passes of 5 tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from iclprobe.anatomy import Anatomy
+from iclprobe.config import Task
+from iclprobe.hooks import capture_residual
+from iclprobe.prefix import Prefix, Rows, extend
+from iclprobe.readout import readout
+from iclprobe.tokens import TokenizationError, encode_answer
+from iclprobe.trie import CandidateTrie, build_trie
+
+
+def candidate_paths(tokenizer, task: Task, x: int, candidates: list[int]) -> list[list[int]]:
+    """Each candidate's token ids from the scoring boundary, after the query of `x`.
+
+    The query text alone is the context here: tokenizing it 400 times with the
+    whole replicate in front would cost seconds, and a clean token boundary
+    (checked by the forward stage) makes the answer's tokens independent of
+    what precedes the query; `check_paths` confirms it on the true answer.
+    """
+    query = task.query_text(x)
+    return [encode_answer(tokenizer, query, task, c).answer_ids for c in candidates]
+
+
+def check_paths(tokenizer, task: Task, x: int, y: int, replicate_answer: list[int]) -> None:
+    """Refuse candidate tokens that differ from the answer's tokens in the replicate itself."""
+    (alone,) = candidate_paths(tokenizer, task, x, [y])
+    if alone != replicate_answer:
+        raise TokenizationError(
+            f"task {task.name!r}: answer {y} to x = {x} tokenizes as {alone} after its query "
+            f"alone but as {replicate_answer} in the replicate; the candidates' tokens depend "
+            "on the context, which the integer lens does not support"
+        )
+
+
+def _edge_index(trie: CandidateTrie) -> torch.Tensor:
+    """(C, E) indices into the flattened (node, column) log-probs; padding points at a zero."""
+    width = len(trie.columns)
+    pad = len(trie.branching) * width
+    index = torch.full((len(trie.candidates), max(trie.max_edges, 1)), pad, dtype=torch.long)
+    for c, edges in enumerate(trie.edges):
+        for e, (node, column) in enumerate(edges):
+            index[c, e] = node * width + column
+    return index
+
+
+def children_mask(trie: CandidateTrie) -> torch.Tensor:
+    """(N, K) True where column k is a child of branching node n."""
+    mask = torch.zeros((len(trie.branching), len(trie.columns)), dtype=torch.bool)
+    for node, columns in enumerate(trie.children):
+        mask[node, columns] = True
+    return mask
+
+
+@torch.inference_mode()
+def branching_residuals(
+    model, anatomy: Anatomy, prefix: Prefix, trie: CandidateTrie, root: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
+    """The residual stream (L+1, N, d) at each branching node, in `trie.branching` order.
+
+    `root` (L+1, d) is the stream at the context's last position (the scoring
+    boundary's predictor), captured by the caller's pass over the replicate;
+    it is needed when the root branches (e.g. "␠" and "␠-" for answers of both
+    signs). Returns the stack and the number of tokens run.
+    """
+    parts = []
+    if trie.root_branches:
+        if root is None:
+            raise ValueError("the candidates' root branches: its residual stream is needed")
+        parts.append(root[:, None])  # (L+1, 1, d)
+    rows, n_tokens = Rows.of(prefix), 0
+    for level in trie.levels:
+        with capture_residual(anatomy, select=lambda t: t[:, -1]) as resid:
+            rows = extend(model, rows, level.parents, level.tokens)
+        n_tokens += len(level.tokens)
+        read = torch.tensor(level.read)
+        if read.any():
+            stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])
+            parts.append(stack[:, read])  # (L+1, n read, d)
+    return torch.cat(parts, dim=1), n_tokens
+
+
+@torch.inference_mode()
+def candidate_logprobs(anatomy: Anatomy, trie: CandidateTrie, resid: torch.Tensor) -> torch.Tensor:
+    """(L+1, C) log-probabilities of the candidates from the branching nodes' stream (L+1, N, d).
+
+    Each node's read-out is restricted to the trie's tokens and normalised over
+    its children; a candidate sums its path's edges (a single-child edge adds
+    log 1 = 0 and is not stored).
+    """
+    device = resid.device
+    columns = torch.tensor(trie.columns, device=device)  # (K,)
+    logits = readout(anatomy, resid, rows=columns).float()  # (L+1, N, K)
+    mask = children_mask(trie).to(device)  # (N, K)
+    logp = logits.masked_fill(~mask, float("-inf")).log_softmax(-1)  # (L+1, N, K)
+    flat = logp.masked_fill(~mask, 0.0).flatten(1)  # (L+1, N*K)
+    flat = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)  # a zero for padding
+    return flat[:, _edge_index(trie).to(device)].sum(-1)  # (L+1, C)
+
+
+@torch.inference_mode()
+def integer_distribution(
+    model,
+    anatomy: Anatomy,
+    prefix: Prefix,
+    paths: list[list[int]],
+    candidates: list[int],
+    root: torch.Tensor | None,
+) -> tuple[torch.Tensor, int]:
+    """(L+1, C) per-layer log-probabilities of `candidates` after `prefix`; tokens run."""
+    trie = build_trie(candidates, paths)
+    if not trie.branching:
+        raise ValueError(f"candidates {candidates[:3]}… share one token path: nothing to compare")
+    resid, n_tokens = branching_residuals(model, anatomy, prefix, trie, root)
+    return candidate_logprobs(anatomy, trie, resid), n_tokens
