@@ -181,7 +181,7 @@ def test_trie_runs_only_branching_nodes_and_their_ancestors():
     paths = {c: [1, *(10 + int(d) for d in str(c)), 99] for c in range(13)}
     trie = build_trie(list(paths), list(paths.values()))
     assert not trie.root_branches  # every candidate starts with the space
-    assert [level.paths for level in trie.levels] == [[(1,)], [(1, 11)]]
+    assert trie.run.paths == [(1,), (1, 11)] and trie.run.parents == [-1, 0]
     assert trie.branching == [(1,), (1, 11)]  # "␠" → 0…9; "␠1" → ")" or 0, 1, 2
     assert [trie.columns[c] for c in trie.children[1]] == [99, 10, 11, 12]
     # 7 = "␠" then "7": one edge from a branching node; 12 = two edges; "␠7" → ")" adds log 1.

@@ -1,4 +1,4 @@
-"""Prefixes cropped from one pass, and trees of continuations run one token per node.
+"""Prefixes cropped from one pass, and trees of continuations run in one pass over a cache.
 
 Against plain Hugging Face passes in float32 on a tiny random model of every
 supported architecture (tolerance 1e-4 on logits of order 1–10).
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from conftest import TINY_CONFIGS, tiny_model
 from iclprobe.anatomy import anatomy_of
 from iclprobe.hooks import capture_residual
-from iclprobe.prefix import Rows, encode_prefixes, extend, run_suffixes
+from iclprobe.prefix import encode_prefixes, run_suffixes, run_tree
 
 VOCAB = 40
 TOL = 1e-4
@@ -51,22 +52,38 @@ def test_prefixes_cropped_from_one_pass_continue_like_plain_passes(model):
 
 
 @torch.no_grad()
-def test_a_tree_run_level_by_level_equals_one_plain_pass_per_leaf(model):
-    """Root → {a, b}; a → {a1, a2, a3}, b → {b1}: two levels, five rows, no pass per leaf."""
+def test_a_tree_in_one_pass_equals_one_plain_pass_per_path(model):
+    """Prefix → {a, b}; a → {a1, a2, a3}; b → {b1} → {b1x}: seven nodes, one pass."""
     ids = _ids(11)
     (prefix,) = encode_prefixes(model, ids + [5, 5], [11])  # cropped: the tail is not context
-    level1 = extend(model, Rows.of(prefix), parents=[0, 0], tokens=[4, 9], logits=True)
+    tokens = [4, 9, 1, 2, 3, 6, 7]
+    parents = [-1, -1, 0, 0, 0, 1, 5]
     anatomy = anatomy_of(model)
-    with capture_residual(anatomy, select=lambda t: t[:, -1]) as resid:
-        level2 = extend(model, level1, parents=[0, 0, 0, 1], tokens=[1, 2, 3, 6], logits=True)
-    leaves = [[4, 1], [4, 2], [4, 3], [9, 6]]
-    for row, leaf in enumerate(leaves):
-        plain = model(input_ids=torch.tensor([ids + leaf])).logits[0]  # (13, V)
-        torch.testing.assert_close(level2.logits[row], plain[-1], atol=TOL, rtol=0)
-        torch.testing.assert_close(level1.logits[row // 3], plain[-2], atol=TOL, rtol=0)
-    assert level2.length == 13
-    # The hooks saw one position per row: (B, d) at every layer.
-    assert resid[anatomy.n_layers].shape == (4, anatomy.d_model)
-    # The parents' rows are left as they were: extending them again gives the same.
-    again = extend(model, level1, parents=[1], tokens=[6], logits=True)
-    torch.testing.assert_close(again.logits[0], level2.logits[3], atol=TOL, rtol=0)
+    with capture_residual(anatomy, select=lambda t: t[0]) as resid:
+        logits = run_tree(model, prefix, tokens, parents, logits=True)  # (7, V)
+    paths = [[4], [9], [4, 1], [4, 2], [4, 3], [9, 6], [9, 6, 7]]
+    for node, path in enumerate(paths):
+        plain = model(input_ids=torch.tensor([ids + path])).logits[0]  # (11 + depth, V)
+        torch.testing.assert_close(logits[node], plain[-1], atol=TOL, rtol=0)
+    assert resid[anatomy.n_layers].shape == (7, anatomy.d_model)  # the hooks saw every node
+    # The prefix's cache is left as it was: the same tree again gives the same logits.
+    again = run_tree(model, prefix, tokens, parents, logits=True)
+    torch.testing.assert_close(again, logits, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_a_tree_respects_a_sliding_window():
+    """Gemma 2 with a window of 6: the deepest node must not see the first context tokens."""
+    torch.manual_seed(0)
+    config = TINY_CONFIGS["gemma2"](VOCAB)
+    config.sliding_window = 6
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    assert "sliding_attention" in model.config.layer_types
+    ids = _ids(5)
+    (prefix,) = encode_prefixes(model, ids, [5])
+    logits = run_tree(model, prefix, [4, 1, 2], [-1, 0, 1], logits=True)
+    plain = model(input_ids=torch.tensor([ids + [4, 1, 2]])).logits[0]  # (8, V)
+    torch.testing.assert_close(logits, plain[-3:], atol=TOL, rtol=0)
+    (long,) = encode_prefixes(model, _ids(6), [6])
+    with pytest.raises(ValueError, match="sliding window"):
+        run_tree(model, long, [4], [-1])

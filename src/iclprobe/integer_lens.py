@@ -12,9 +12,10 @@ the model's own distribution over the candidates, normalised the same way.
 
 Cost: the context's KV cache is shared by all candidates, and only the trie's
 nodes with two or more children (and their ancestors) are run, one token per
-node, level by level (`prefix.extend`); a leaf's probability comes from its
-parent's read-out. For SmolLM2 and 0…412 that is 42 one-token rows, not 413
-passes of 5 tokens.
+node, all in one pass whose attention mask lets each node see the context and
+its own ancestors only (`prefix.run_tree`); a leaf's probability comes from
+its parent's read-out. For SmolLM2 and 0…412 that is one pass of 42 tokens,
+not 413 passes of 5.
 """
 
 from __future__ import annotations
@@ -24,32 +25,37 @@ import torch
 from iclprobe.anatomy import Anatomy
 from iclprobe.config import Task
 from iclprobe.hooks import capture_residual
-from iclprobe.prefix import Prefix, Rows, extend
+from iclprobe.prefix import Prefix, run_tree
 from iclprobe.readout import readout
 from iclprobe.tokens import TokenizationError, encode_answer
 from iclprobe.trie import CandidateTrie, build_trie
 
 
-def candidate_paths(tokenizer, task: Task, x: int, candidates: list[int]) -> list[list[int]]:
-    """Each candidate's token ids from the scoring boundary, after the query of `x`.
+def candidate_paths(tokenizer, task: Task, candidates: list[int]) -> list[list[int]]:
+    """Each candidate's token ids from the scoring boundary, after a query alone.
 
-    The query text alone is the context here: tokenizing it 400 times with the
-    whole replicate in front would cost seconds, and a clean token boundary
-    (checked by the forward stage) makes the answer's tokens independent of
-    what precedes the query; `check_paths` confirms it on the true answer.
+    Tokenized once per task, after the query of the smallest x: tokenizing 400
+    candidates behind every example's whole context would cost seconds, and a
+    clean token boundary (checked by the forward stage) makes the answer's
+    tokens independent of what precedes it; `check_paths` confirms this on
+    every example's true answer.
     """
-    query = task.query_text(x)
+    query = task.query_text(task.x_low)
     return [encode_answer(tokenizer, query, task, c).answer_ids for c in candidates]
 
 
-def check_paths(tokenizer, task: Task, x: int, y: int, replicate_answer: list[int]) -> None:
-    """Refuse candidate tokens that differ from the answer's tokens in the replicate itself."""
-    (alone,) = candidate_paths(tokenizer, task, x, [y])
-    if alone != replicate_answer:
+def check_paths(
+    tokenizer, task: Task, candidates: list[int], paths: list[list[int]], y: int, in_replicate
+) -> None:
+    """Refuse candidate tokens unlike those of the true answer `y` in the replicate itself."""
+    alone = (
+        paths[candidates.index(y)] if y in candidates else candidate_paths(tokenizer, task, [y])[0]
+    )
+    if alone != in_replicate:
         raise TokenizationError(
-            f"task {task.name!r}: answer {y} to x = {x} tokenizes as {alone} after its query "
-            f"alone but as {replicate_answer} in the replicate; the candidates' tokens depend "
-            "on the context, which the integer lens does not support"
+            f"task {task.name!r}: answer {y} tokenizes as {alone} after a query alone but as "
+            f"{in_replicate} in the replicate; the candidates' tokens depend on the context, "
+            "which the integer lens does not support"
         )
 
 
@@ -88,16 +94,13 @@ def branching_residuals(
         if root is None:
             raise ValueError("the candidates' root branches: its residual stream is needed")
         parts.append(root[:, None])  # (L+1, 1, d)
-    rows, n_tokens = Rows.of(prefix), 0
-    for level in trie.levels:
-        with capture_residual(anatomy, select=lambda t: t[:, -1]) as resid:
-            rows = extend(model, rows, level.parents, level.tokens)
-        n_tokens += len(level.tokens)
-        read = torch.tensor(level.read)
-        if read.any():
-            stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])
-            parts.append(stack[:, read])  # (L+1, n read, d)
-    return torch.cat(parts, dim=1), n_tokens
+    nodes = trie.run
+    if nodes.tokens:
+        read = torch.tensor(nodes.read, device=prefix.last_logits.device)  # (n,)
+        with capture_residual(anatomy, select=lambda t: t[0, read]) as resid:
+            run_tree(model, prefix, nodes.tokens, nodes.parents)
+        parts.append(torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)]))
+    return torch.cat(parts, dim=1), len(nodes.tokens)
 
 
 @torch.inference_mode()

@@ -206,6 +206,7 @@ def run_lens(
     missing = set(wanted) - set(keys["replicate"].unique().to_list())
     if missing:
         raise ValueError(f"the forward table of task {task.name!r} has no replicates {missing}")
+    paths = candidate_paths(tokenizer, task, plan.candidates) if plan.integer_replicates else []
     lens_parts, integer_parts = [], []
     texts: dict[int, str] = {}
     started, n_tokens = time.monotonic(), 0
@@ -241,10 +242,8 @@ def run_lens(
             lens_parts.append(frame.with_columns(pl.lit(rep).alias("replicate")))
         if integers:
             for i, (example, prefix) in enumerate(zip(examples, prefixes, strict=True)):
-                x, y = rows.row(i, named=True)["x"], rows.row(i, named=True)["y"]
                 answer = [seq.input_ids[t] for t in seq.answer_tokens[example - 1]]
-                check_paths(tokenizer, task, x, y, answer)
-                paths = candidate_paths(tokenizer, task, x, plan.candidates)
+                check_paths(tokenizer, task, plan.candidates, paths, rows["y"][i], answer)
                 root = stack[:, len(examples) + i]  # (L+1, d) at the boundary's predictor
                 logprobs, run = integer_distribution(
                     model, anatomy, prefix, paths, plan.candidates, root
@@ -281,3 +280,17 @@ def _finish(
     return table.select(*keys.columns, pl.exclude(keys.columns)).sort(
         "replicate", "example", *order
     )
+
+
+# Recorded in both tables' metadata, so a reader knows what the columns mean.
+LENS_CONVENTION = {
+    "layers": "0 = the residual stream entering block 1 (embeddings), l = output of block l, "
+    "L = the model's output; read out through the final norm and the unembedding",
+    "position": "the decision position: the token before the first token holding a character of y",
+    "is_numeric": "token text, leading whitespace aside, is digits with an optional minus sign",
+    "p_integer_start": "total probability of tokens whose text, leading whitespace aside, is "
+    "a minus sign or digits with an optional minus sign",
+    "integer_logprob": "candidate tokens teacher-forced from the scoring boundary; at each "
+    "position the layer's read-out is normalised over the tokens that continue some candidate "
+    "there, and the log-probabilities are summed along the candidate's tokens",
+}

@@ -215,46 +215,67 @@ def encode_prefixes(model, ids: list[int], lengths: list[int]) -> list[Prefix]:
     ]
 
 
-@dataclass
-class Rows:
-    """B continuations of one prefix, all of the same length: their KV cache (B rows).
+def _tree_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive mask (1, 1, N, P + N) from a boolean one: 0 where allowed, else the minimum."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
-    `logits` (B, V) at each row's last token when `extend` was asked for them.
-    """
 
-    cache: object
-    length: int
-    logits: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, prefix: Prefix) -> Rows:
-        """The prefix itself as one row."""
-        return cls(prefix.cache, prefix.length, prefix.last_logits[None])
+def _sliding_window(model) -> int | None:
+    """The window of the model's sliding-window layers, if it has any."""
+    config = model.config
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return config.sliding_window
+    return None
 
 
 @torch.inference_mode()
-def extend(model, rows: Rows, parents: list[int], tokens: list[int], logits: bool = False) -> Rows:
-    """Rows one token longer: row r is row `parents[r]` of `rows` followed by `tokens[r]`.
+def run_tree(
+    model, prefix: Prefix, tokens: list[int], parents: list[int], logits: bool = False
+) -> torch.Tensor | None:
+    """Run a tree of continuations of `prefix` in ONE pass over its cache.
 
-    Only the new tokens are run, over a copy of the parents' cache (`rows` is
-    left as it was), so a tree of continuations costs one token per node
-    (the lens runs the candidates' token trie level by level this way).
-    Hooks registered around this call see (B, 1, …). No padding: every row
-    has the same length, so no mask is needed beyond the causal one.
+    Node i is token `tokens[i]` following node `parents[i]` (−1: the prefix
+    itself); parents come before their children. Each node sits at the
+    position it has in its own sequence and attends to the prefix and its
+    ancestors only (a custom 4D attention mask, honoured by every supported
+    architecture; sliding-window layers get their window applied too), so its
+    outputs equal a plain pass over the prefix and its path: the lens scores a
+    trie of candidates this way at one token per node. Hooks registered
+    around this call see (1, N, …). Returns the logits (N, V) when asked.
     """
     if len(parents) != len(tokens) or not tokens:
         raise ValueError(f"need one parent per token, got {len(parents)} and {len(tokens)}")
-    device = _device(model)
-    batch = len(tokens)
-    kv = copy.deepcopy(rows.cache)
-    kv.batch_select_indices(torch.tensor(parents, dtype=torch.long, device=device))
+    if any(not -1 <= p < i for i, p in enumerate(parents)):
+        raise ValueError(f"parents {parents} must come before their children")
+    device, n, p_len = _device(model), len(tokens), prefix.length
+    depth: list[int] = []
+    allowed = torch.zeros((n, p_len + n), dtype=torch.bool, device=device)  # (N, P + N)
+    allowed[:, :p_len] = True
+    for i, parent in enumerate(parents):
+        depth.append(1 if parent < 0 else depth[parent] + 1)
+        if parent >= 0:
+            allowed[i, p_len : p_len + n] = allowed[parent, p_len : p_len + n]
+        allowed[i, p_len + i] = True
+    positions = torch.tensor([p_len + d - 1 for d in depth], device=device)  # (N,)
+    dtype = next(model.parameters()).dtype
+    mask = _tree_mask(allowed, dtype)
+    window = _sliding_window(model)
+    if window is not None:
+        if p_len >= window:
+            raise ValueError(
+                f"the context ({p_len} tokens) reaches the model's sliding window ({window}): "
+                "its cache no longer holds every position; use fewer examples"
+            )
+        key_positions = torch.cat([torch.arange(p_len, device=device), positions])  # (P + N,)
+        near = positions[:, None] - key_positions[None, :] < window  # (N, P + N)
+        mask = {"full_attention": mask, "sliding_attention": _tree_mask(allowed & near, dtype)}
     out = model(
-        input_ids=torch.tensor(tokens, device=device)[:, None],  # (B, 1)
-        attention_mask=torch.ones((batch, rows.length + 1), dtype=torch.long, device=device),
-        position_ids=torch.full((batch, 1), rows.length, device=device),  # (B, 1)
+        input_ids=torch.tensor([tokens], device=device),  # (1, N)
+        attention_mask=mask,
+        position_ids=positions[None],  # (1, N)
         use_cache=True,
-        logits_to_keep=1 if logits else _NO_LOGITS.to(device),
-        **{_cache_argument(type(model)): kv},
+        logits_to_keep=0 if logits else _NO_LOGITS.to(device),
+        **{_cache_argument(type(model)): copy.deepcopy(prefix.cache)},
     )
-    kept = out.logits[:, -1].float() if logits else None  # (B, V)
-    return Rows(_returned_cache(out), rows.length + 1, kept)
+    return out.logits[0].float() if logits else None

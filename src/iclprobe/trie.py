@@ -9,9 +9,10 @@ continue some candidate there) makes the per-layer distribution over
 candidates proper: the probabilities of all leaves sum to one.
 
 Only a node with two or more children needs a read-out (with one child the
-normalised probability is 1), and only its ancestors need to be run. This
-module finds those nodes level by level and how each candidate's
-log-probability sums their log-probabilities; it knows nothing of models.
+normalised probability is 1), and only it and its ancestors need to be run.
+This module finds those nodes, parents before children, and how each
+candidate's log-probability sums their log-probabilities; it knows nothing
+of models.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ class CandidateTokensError(ValueError):
 
 
 @dataclass
-class Level:
-    """The nodes of one depth j ≥ 1 that must be run: each continues a row of depth j − 1.
+class Nodes:
+    """The nodes that must be run, parents before children (sorted by depth, then path).
 
-    `parents[r]` is the row of node r's parent in the previous level (0 for the
-    root at depth 1); `tokens[r]` is node r's last token; `read[r]` says whether
-    node r has two or more children and so needs a read-out.
+    Node r is the path `paths[r]`: token `tokens[r]` after node `parents[r]`
+    (−1: after the context itself). `read[r]` says whether it has two or
+    more children and so needs a read-out.
     """
 
     paths: list[Path] = field(default_factory=list)
@@ -42,11 +43,11 @@ class Level:
 
 @dataclass
 class CandidateTrie:
-    """Candidates' paths, the nodes to read out, and each candidate's edges.
+    """Candidates' paths, the nodes to run and read out, and each candidate's edges.
 
     `columns` are the distinct tokens on the trie's edges; read-outs are
     restricted to them. `branching` lists the nodes with two or more children
-    in read-out order: the root first when it branches, then level by level.
+    in read-out order: the root first when it branches, then those of `run`.
     `children[n]` are the columns of branching node n's children; `edges[c]`
     the (branching node, column) pairs along candidate c's path, whose
     log-probabilities sum to the candidate's.
@@ -55,7 +56,7 @@ class CandidateTrie:
     candidates: list[int]
     paths: list[Path]
     columns: list[int]
-    levels: list[Level]
+    run: Nodes
     root_branches: bool
     branching: list[Path]
     children: list[list[int]]
@@ -98,24 +99,19 @@ def build_trie(candidates: list[int], paths: list[list[int]]) -> CandidateTrie:
             if path[depth] not in siblings:
                 siblings.append(path[depth])
     branching_set = {node for node, tokens in kids.items() if len(tokens) > 1}
-    # A node is run when it branches or an ancestor of a branching node is it.
-    run = {node[:depth] for node in branching_set for depth in range(1, len(node) + 1)}
-    levels: list[Level] = []
-    row_of: dict[Path, int] = {(): 0}
-    for depth in range(1, max(len(p) for p in paths)):
-        level = Level()
-        for node in sorted(n for n in run if len(n) == depth):
-            row_of[node] = len(level.paths)
-            level.paths.append(node)
-            level.parents.append(row_of[node[:-1]])
-            level.tokens.append(node[-1])
-            level.read.append(node in branching_set)
-        if not level.paths:
-            break
-        levels.append(level)
+    # A node is run when it branches or is an ancestor of one that does (the root,
+    # the context itself, is never run: its read-out is the context's last position).
+    to_run = {node[:depth] for node in branching_set for depth in range(1, len(node) + 1)}
+    run, row_of = Nodes(), {(): -1}
+    for node in sorted(to_run, key=lambda n: (len(n), n)):
+        row_of[node] = len(run.paths)
+        run.paths.append(node)
+        run.parents.append(row_of[node[:-1]])
+        run.tokens.append(node[-1])
+        run.read.append(node in branching_set)
     root_branches = () in branching_set
     branching = ([()] if root_branches else []) + [
-        path for level in levels for path, read in zip(level.paths, level.read) if read
+        path for path, read in zip(run.paths, run.read, strict=True) if read
     ]
     columns = sorted({t for p in paths for t in p})
     column = {t: i for i, t in enumerate(columns)}
@@ -126,7 +122,7 @@ def build_trie(candidates: list[int], paths: list[list[int]]) -> CandidateTrie:
         candidates=list(candidates),
         paths=paths,
         columns=columns,
-        levels=levels,
+        run=run,
         root_branches=root_branches,
         branching=branching,
         children=children,
