@@ -133,7 +133,9 @@ def lens_figures():
 def lens_targets():
     if not SETTINGS.lens.enabled:
         return []
-    tables = [path for m in MODELS for t in TASKS for path in lens_tables(m, t).values()]
+    tables = [
+        path for m in MODELS for t in TASKS for path in lens_tables(m, t).values()
+    ]
     figures = [
         f"results/figures/{m}/{t}/{file}.png"
         for m in MODELS
