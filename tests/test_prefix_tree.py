@@ -72,6 +72,20 @@ def test_a_tree_in_one_pass_equals_one_plain_pass_per_path(model):
 
 
 @torch.no_grad()
+def test_trees_after_shorter_contexts_see_only_their_context(model):
+    """One pass: a tree after ids[:6] and one after all 11 ids, as for two examples."""
+    ids = _ids(11)
+    (prefix,) = encode_prefixes(model, ids, [11])
+    tokens, parents = [4, 1, 4, 2], [-1, 0, -1, 2]
+    logits = run_tree(model, prefix, tokens, parents, context=[6, 6, 11, 11], logits=True)
+    for node, sequence in enumerate([ids[:6] + [4], ids[:6] + [4, 1], ids + [4], ids + [4, 2]]):
+        plain = model(input_ids=torch.tensor([sequence])).logits[0, -1]  # (V,)
+        torch.testing.assert_close(logits[node], plain, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="contexts"):
+        run_tree(model, prefix, [4], [-1], context=[12])
+
+
+@torch.no_grad()
 def test_a_tree_respects_a_sliding_window():
     """Gemma 2 with a window of 6: the deepest node must not see the first context tokens."""
     torch.manual_seed(0)

@@ -12,9 +12,10 @@ the model's own distribution over the candidates, normalised the same way.
 
 Cost: the context's KV cache is shared by all candidates, and only the trie's
 nodes with two or more children (and their ancestors) are run, one token per
-node, all in one pass whose attention mask lets each node see the context and
-its own ancestors only (`prefix.run_tree`); a leaf's probability comes from
-its parent's read-out. For SmolLM2 and 0…412 that is one pass of 42 tokens,
+node, in one pass whose attention mask lets each node see its context and its
+own ancestors only (`prefix.run_tree`), for all examples of a replicate at
+once over the cache of the replicate's pass; a leaf's probability comes from
+its parent's read-out. For SmolLM2 and 0…412 that is 42 tokens per example,
 not 413 passes of 5.
 """
 
@@ -80,27 +81,50 @@ def children_mask(trie: CandidateTrie) -> torch.Tensor:
 
 @torch.inference_mode()
 def branching_residuals(
-    model, anatomy: Anatomy, prefix: Prefix, trie: CandidateTrie, root: torch.Tensor | None
-) -> tuple[torch.Tensor, int]:
-    """The residual stream (L+1, N, d) at each branching node, in `trie.branching` order.
+    model,
+    anatomy: Anatomy,
+    prefix: Prefix,
+    trie: CandidateTrie,
+    contexts: list[int],
+    roots: torch.Tensor | None,
+) -> tuple[list[torch.Tensor], int]:
+    """Per context, the residual stream (L+1, N, d) at each branching node, in `trie.branching` order.
 
-    `root` (L+1, d) is the stream at the context's last position (the scoring
-    boundary's predictor), captured by the caller's pass over the replicate;
-    it is needed when the root branches (e.g. "␠" and "␠-" for answers of both
-    signs). Returns the stack and the number of tokens run.
+    `contexts` are lengths of contexts that are all prefixes of `prefix` (the
+    examples of one replicate): the trie is run after each of them in ONE
+    pass (`prefix.run_tree`). `roots` (L+1, E, d) is the stream at each
+    context's last position (the scoring boundary's predictor), captured by
+    the caller's pass over the replicate; it is needed when the root branches
+    (e.g. "␣" and "␣-" for answers of both signs). Returns the stacks and the
+    number of tokens run.
     """
-    parts = []
-    if trie.root_branches:
-        if root is None:
-            raise ValueError("the candidates' root branches: its residual stream is needed")
-        parts.append(root[:, None])  # (L+1, 1, d)
-    nodes = trie.run
+    nodes, n_ctx = trie.run, len(contexts)
+    runs = []
     if nodes.tokens:
-        read = torch.tensor(nodes.read, device=prefix.last_logits.device)  # (n,)
+        n = len(nodes.tokens)
+        parents = [p if p < 0 else p + e * n for e in range(n_ctx) for p in nodes.parents]
+        read = torch.tensor(nodes.read * n_ctx, device=prefix.last_logits.device)  # (E*n,)
         with capture_residual(anatomy, select=lambda t: t[0, read]) as resid:
-            run_tree(model, prefix, nodes.tokens, nodes.parents)
-        parts.append(torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)]))
-    return torch.cat(parts, dim=1), len(nodes.tokens)
+            run_tree(
+                model,
+                prefix,
+                nodes.tokens * n_ctx,
+                parents,
+                context=[c for c in contexts for _ in range(n)],
+            )
+        stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])
+        runs = list(stack.chunk(n_ctx, dim=1))  # E × (L+1, n read, d)
+    out = []
+    for e in range(n_ctx):
+        parts = []
+        if trie.root_branches:
+            if roots is None:
+                raise ValueError("the candidates' root branches: its residual stream is needed")
+            parts.append(roots[:, e, None])  # (L+1, 1, d)
+        if runs:
+            parts.append(runs[e])
+        out.append(torch.cat(parts, dim=1))
+    return out, len(nodes.tokens) * n_ctx
 
 
 @torch.inference_mode()
@@ -122,17 +146,18 @@ def candidate_logprobs(anatomy: Anatomy, trie: CandidateTrie, resid: torch.Tenso
 
 
 @torch.inference_mode()
-def integer_distribution(
+def integer_distributions(
     model,
     anatomy: Anatomy,
     prefix: Prefix,
     paths: list[list[int]],
     candidates: list[int],
-    root: torch.Tensor | None,
-) -> tuple[torch.Tensor, int]:
-    """(L+1, C) per-layer log-probabilities of `candidates` after `prefix`; tokens run."""
+    contexts: list[int],
+    roots: torch.Tensor | None,
+) -> tuple[list[torch.Tensor], int]:
+    """Per context length in `contexts`, (L+1, C) log-probabilities of `candidates`; tokens run."""
     trie = build_trie(candidates, paths)
     if not trie.branching:
         raise ValueError(f"candidates {candidates[:3]}… share one token path: nothing to compare")
-    resid, n_tokens = branching_residuals(model, anatomy, prefix, trie, root)
-    return candidate_logprobs(anatomy, trie, resid), n_tokens
+    resids, n_tokens = branching_residuals(model, anatomy, prefix, trie, contexts, roots)
+    return [candidate_logprobs(anatomy, trie, resid) for resid in resids], n_tokens

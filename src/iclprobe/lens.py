@@ -10,8 +10,8 @@ selected examples, and `readout` maps it to the vocabulary. Two tables:
   the total probability on tokens that can start an integer, and per
   (replicate, example) the first layer whose top-1 token is numeric.
 - `lens_integers`: per layer the distribution over candidate integers
-  (`iclprobe.integer_lens`), for the integer replicates, from the same pass's
-  KV cache cropped to each example's scoring boundary.
+  (`iclprobe.integer_lens`), for the integer replicates, over the same pass's
+  KV cache (each example's candidates see the context before its boundary).
 
 A token is *numeric* when its text, leading whitespace aside, is digits with an
 optional minus sign ("7", "␠12", "-3"); it *can start an integer* when that
@@ -33,8 +33,8 @@ from iclprobe.anatomy import Anatomy, anatomy_of
 from iclprobe.config import Task
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_residual
-from iclprobe.integer_lens import candidate_paths, check_paths, integer_distribution
-from iclprobe.prefix import encode_prefixes
+from iclprobe.integer_lens import candidate_paths, check_paths, integer_distributions
+from iclprobe.prefix import Prefix, encode_prefixes
 from iclprobe.readout import readout
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,43 @@ class LensPlan:
     candidates: list[int]
 
 
+@dataclass
+class _ReplicateRead:
+    """One pass over a replicate: the stream at its examples' positions, and their contexts."""
+
+    decision: torch.Tensor  # (L+1, E, d) at the decision positions
+    root: torch.Tensor | None  # (L+1, E, d) at each scoring boundary's predictor
+    prefix: Prefix | None  # the pass's tokens and KV cache, when the integer lens needs it
+    boundaries: list[int]  # per example, the length of the context before its boundary
+    n_tokens: int
+
+
+def _read_replicate(model, anatomy: Anatomy, seq, examples: list[int], integers: bool):
+    """ONE pass over the replicate, up to the last position read, capturing every layer there."""
+    decisions = [seq.decision[e - 1] for e in examples]
+    boundaries = [seq.answer_tokens[e - 1][0] for e in examples] if integers else []
+    positions = decisions + [b - 1 for b in boundaries]
+    at = torch.tensor(positions, device=next(model.parameters()).device)
+    end = max(positions) + 1
+    with capture_residual(anatomy, select=lambda t: t[0, at]) as resid:
+        prefixes = encode_prefixes(model, seq.input_ids[:end], [end] if integers else [])
+    stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])  # (L+1, P, d)
+    n = len(examples)
+    root = stack[:, n:] if integers else None
+    return _ReplicateRead(stack[:, :n], root, prefixes[0] if integers else None, boundaries, end)
+
+
+def _check_decisions(task: Task, rep: int, seq, rows: pl.DataFrame) -> None:
+    decisions = [seq.decision[e - 1] for e in rows["example"]]
+    recorded = rows["decision_position"].to_list()
+    if decisions != recorded:
+        raise ValueError(
+            f"task {task.name!r}, replicate {rep}: decision positions {decisions} differ from "
+            f"the forward table's {recorded}; the forward table is from another tokenizer or "
+            "prompt file"
+        )
+
+
 def run_lens(
     forward: pl.DataFrame,
     prompts: pl.DataFrame,
@@ -194,7 +231,6 @@ def run_lens(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The `lens` and `lens_integers` tables of one model and task."""
     anatomy = anatomy_of(model)
-    device = next(model.parameters()).device
     classes = classify_vocabulary(tokenizer, anatomy.unembed.weight.shape[0])
     wanted = sorted(set(plan.replicates) | set(plan.integer_replicates))
     replicates, encoded = encode_prompts(
@@ -207,49 +243,35 @@ def run_lens(
     if missing:
         raise ValueError(f"the forward table of task {task.name!r} has no replicates {missing}")
     paths = candidate_paths(tokenizer, task, plan.candidates) if plan.integer_replicates else []
-    lens_parts, integer_parts = [], []
-    texts: dict[int, str] = {}
+    lens_parts, integer_parts, texts = [], [], {}
     started, n_tokens = time.monotonic(), 0
     for count, (rep, seq) in enumerate(zip(replicates, encoded, strict=True), start=1):
         rows = keys.filter(pl.col("replicate") == rep)
+        _check_decisions(task, rep, seq, rows)
         examples = rows["example"].to_list()
-        decisions = [seq.decision[e - 1] for e in examples]
-        recorded = rows["decision_position"].to_list()
-        if decisions != recorded:
-            raise ValueError(
-                f"task {task.name!r}, replicate {rep}: decision positions {decisions} differ "
-                f"from the forward table's {recorded}; the forward table is from another "
-                "tokenizer or prompt file"
-            )
-        boundaries = [seq.answer_tokens[e - 1][0] for e in examples]
         integers = rep in plan.integer_replicates
-        positions = decisions + ([b - 1 for b in boundaries] if integers else [])
-        at = torch.tensor(positions, device=device)
-        end = max(positions) + 1  # the pass stops at the last position read
-        with capture_residual(anatomy, select=lambda t, at=at: t[0, at]) as resid:
-            prefixes = encode_prefixes(model, seq.input_ids[:end], boundaries if integers else [])
-        stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])  # (L+1, P, d)
-        n_tokens += end
-        answer_ids = [seq.input_ids[d + 1] for d in decisions]
-        arrays = top_tokens(
-            anatomy, stack[:, : len(examples)], torch.tensor(answer_ids), classes, plan.top_k
-        )
-        for token in np.unique(arrays["token_id"]).tolist():
-            if token not in texts:
-                texts[token] = tokenizer.decode([token], clean_up_tokenization_spaces=False)
-        if plan.replicates and rep in plan.replicates:
+        read = _read_replicate(model, anatomy, seq, examples, integers)
+        n_tokens += read.n_tokens
+        if rep in plan.replicates:
+            answer_ids = [seq.input_ids[seq.decision[e - 1] + 1] for e in examples]
+            arrays = top_tokens(
+                anatomy, read.decision, torch.tensor(answer_ids), classes, plan.top_k
+            )
+            for token in np.unique(arrays["token_id"]).tolist():
+                if token not in texts:
+                    texts[token] = tokenizer.decode([token], clean_up_tokenization_spaces=False)
             frame = _lens_frame(arrays, examples, answer_ids, texts)
             lens_parts.append(frame.with_columns(pl.lit(rep).alias("replicate")))
         if integers:
-            for i, (example, prefix) in enumerate(zip(examples, prefixes, strict=True)):
+            for example, y in zip(examples, rows["y"], strict=True):
                 answer = [seq.input_ids[t] for t in seq.answer_tokens[example - 1]]
-                check_paths(tokenizer, task, plan.candidates, paths, rows["y"][i], answer)
-                root = stack[:, len(examples) + i]  # (L+1, d) at the boundary's predictor
-                logprobs, run = integer_distribution(
-                    model, anatomy, prefix, paths, plan.candidates, root
-                )
-                n_tokens += run
-                part = _integers_frame(logprobs, example, plan.candidates)
+                check_paths(tokenizer, task, plan.candidates, paths, y, answer)
+            logprobs, run = integer_distributions(
+                model, anatomy, read.prefix, paths, plan.candidates, read.boundaries, read.root
+            )
+            n_tokens += run
+            for example, lp in zip(examples, logprobs, strict=True):
+                part = _integers_frame(lp, example, plan.candidates)
                 integer_parts.append(part.with_columns(pl.lit(rep).alias("replicate")))
         elapsed = time.monotonic() - started
         log.info(

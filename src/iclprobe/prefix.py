@@ -231,33 +231,50 @@ def _sliding_window(model) -> int | None:
 
 @torch.inference_mode()
 def run_tree(
-    model, prefix: Prefix, tokens: list[int], parents: list[int], logits: bool = False
+    model,
+    prefix: Prefix,
+    tokens: list[int],
+    parents: list[int],
+    context: list[int] | None = None,
+    logits: bool = False,
 ) -> torch.Tensor | None:
-    """Run a tree of continuations of `prefix` in ONE pass over its cache.
+    """Run a forest of continuations of `prefix` in ONE pass over its cache.
 
-    Node i is token `tokens[i]` following node `parents[i]` (−1: the prefix
-    itself); parents come before their children. Each node sits at the
-    position it has in its own sequence and attends to the prefix and its
-    ancestors only (a custom 4D attention mask, honoured by every supported
-    architecture; sliding-window layers get their window applied too), so its
-    outputs equal a plain pass over the prefix and its path: the lens scores a
-    trie of candidates this way at one token per node. Hooks registered
+    Node i is token `tokens[i]` following node `parents[i]` (−1: a root, which
+    follows the first `context[i]` positions of the prefix, all by default);
+    parents come before their children, and a child follows its root's
+    context. Each node sits at the position it has in its own sequence and
+    attends to its context and its ancestors only (a custom 4D attention mask,
+    honoured by every supported architecture; sliding-window layers get their
+    window applied too), so its outputs equal a plain pass over its context
+    and path. The lens scores the candidates' tries after several examples of
+    one replicate this way: one pass, one token per node. Hooks registered
     around this call see (1, N, …). Returns the logits (N, V) when asked.
     """
-    if len(parents) != len(tokens) or not tokens:
-        raise ValueError(f"need one parent per token, got {len(parents)} and {len(tokens)}")
+    n, p_len = len(tokens), prefix.length
+    context = [p_len] * n if context is None else context
+    if not tokens or len(parents) != n or len(context) != n:
+        raise ValueError(
+            f"need one parent and context per token: {n}, {len(parents)}, {len(context)}"
+        )
     if any(not -1 <= p < i for i, p in enumerate(parents)):
         raise ValueError(f"parents {parents} must come before their children")
-    device, n, p_len = _device(model), len(tokens), prefix.length
-    depth: list[int] = []
+    if any(not 0 < c <= p_len for c in context):
+        raise ValueError(f"contexts {sorted(set(context))} must lie in 1…{p_len}")
+    device = _device(model)
+    sees, depth = [], []
     allowed = torch.zeros((n, p_len + n), dtype=torch.bool, device=device)  # (N, P + N)
-    allowed[:, :p_len] = True
     for i, parent in enumerate(parents):
-        depth.append(1 if parent < 0 else depth[parent] + 1)
-        if parent >= 0:
-            allowed[i, p_len : p_len + n] = allowed[parent, p_len : p_len + n]
+        if parent < 0:
+            sees.append(context[i])
+            depth.append(1)
+            allowed[i, : context[i]] = True
+        else:
+            sees.append(sees[parent])
+            depth.append(depth[parent] + 1)
+            allowed[i] = allowed[parent]
         allowed[i, p_len + i] = True
-    positions = torch.tensor([p_len + d - 1 for d in depth], device=device)  # (N,)
+    positions = torch.tensor([c + d - 1 for c, d in zip(sees, depth)], device=device)  # (N,)
     dtype = next(model.parameters()).dtype
     mask = _tree_mask(allowed, dtype)
     window = _sliding_window(model)

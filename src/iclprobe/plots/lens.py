@@ -29,6 +29,7 @@ import seaborn as sns
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from iclprobe.expr import parse_function
 from iclprobe.plots import style
 
 NUMERIC_COLOR = "#c0392b"
@@ -230,8 +231,16 @@ def build_numeric_mass(lens: pl.DataFrame, function: str | None = None) -> Figur
 # ---------------------------------------------------------------------------- integers
 
 
-def _markers(x: int, y: int, low: int, high: int) -> dict[str, int]:
-    marks = {"f(x)": y, "2x": 2 * x, "4x": 4 * x}
+def _f(function: str | None, x: int, y: int) -> int:
+    """f(x) from the task's function; the prompt's answer y when none is given.
+
+    They differ in a shuffled control, where y is another example's f(x).
+    """
+    return y if function is None else parse_function(function)(x)
+
+
+def _markers(x: int, fx: int, low: int, high: int) -> dict[str, int]:
+    marks = {"f(x)": fx, "2x": 2 * x, "4x": 4 * x}
     return {name: value for name, value in marks.items() if low <= value <= high}
 
 
@@ -276,7 +285,8 @@ def build_integers(integers: pl.DataFrame, function: str | None = None) -> Figur
     with style.drawing():
         fig, ax = plt.subplots(figsize=(11.0, 6.5), dpi=style.DPI)
         _heatmap(ax, log10p, (low - 0.5, high + 0.5), "log₁₀ P(candidate)")
-        _draw_markers(ax, _markers(pick["x"], pick["y"], low, high), lambda v: v)
+        fx = _f(function, pick["x"], pick["y"])
+        _draw_markers(ax, _markers(pick["x"], fx, low, high), lambda v: v)
         ax.set_xlabel(f"candidate integer ({low}…{high})")
         what = (
             f"logit lens: distribution over candidate integers by layer\nreplicate "
@@ -288,14 +298,15 @@ def build_integers(integers: pl.DataFrame, function: str | None = None) -> Figur
         return fig
 
 
-def ratio_average(integers: pl.DataFrame) -> dict:
+def ratio_average(integers: pl.DataFrame, function: str | None = None) -> dict:
     """The candidate distributions of (replicate, example) pairs with x ≥ MIN_X_FOR_RATIO, by candidate / x.
 
     Returns `mass` (L+1, bins): the mean over pairs of the probability in each
     candidate / x bin; `lift` (L+1, bins): the mean over pairs and the bin's
     candidates of log₁₀ P(candidate) minus its mean over all pairs at that
     layer (what is specific to this x: peaks at fixed integers cancel);
-    `edges` (bins,) left bin edges; `pairs`; `ratio` the mean f(x) / x.
+    `edges` (bins,) left bin edges; `pairs`; `ratio` the mean f(x) / x
+    (f from `function`, else the prompt's answers).
     """
     n_bins = round(RATIO_MAX / RATIO_BIN)
     n_layers = integers["layer"].n_unique()
@@ -318,7 +329,8 @@ def ratio_average(integers: pl.DataFrame) -> dict:
     at = (per_bin["layer"].to_numpy(), per_bin["bin"].to_numpy())
     mass[at] = per_bin["p"].to_numpy() / max(pairs.height, 1)
     lift[at] = per_bin["lift"].to_numpy()
-    ratio = float((pairs["y"] / pairs["x"]).mean()) if pairs.height else float("nan")
+    fx = [_f(function, x, y) for x, y in zip(pairs["x"], pairs["y"], strict=True)]
+    ratio = float(np.mean(np.asarray(fx) / pairs["x"].to_numpy())) if pairs.height else np.nan
     edges = np.arange(n_bins) * RATIO_BIN
     return {"mass": mass, "lift": lift, "edges": edges, "pairs": pairs.height, "ratio": ratio}
 
@@ -331,7 +343,7 @@ def _ratio_column(value: float) -> float:
 def build_integers_mean(integers: pl.DataFrame, function: str | None = None) -> Figure:
     """The candidate distribution by layer averaged over replicates, in units of candidate / x."""
     model, task = _ids(integers)
-    avg = ratio_average(integers)
+    avg = ratio_average(integers, function)
     with np.errstate(divide="ignore"):
         log10_mass = np.log10(avg["mass"])
     marks = {"f(x)": avg["ratio"], "2x": 2.0, "4x": 4.0} if avg["pairs"] else {}
