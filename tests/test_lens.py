@@ -11,12 +11,15 @@ digit-per-token and a number-per-token tokenizer; SmolLM2 for real.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import polars as pl
 import pytest
 import torch
+import yaml
 
-from conftest import TINY_CONFIGS, digit_tokenizer, make_task, number_tokenizer, tiny_model
+from conftest import REPO, TINY_CONFIGS, digit_tokenizer, make_task, number_tokenizer, tiny_model
 from iclprobe.config import LensSettings
 from iclprobe.forward import run_forward
 from iclprobe.lens import LensPlan, classify_vocabulary, run_lens
@@ -212,3 +215,39 @@ def test_smollm2_lens_is_the_model_at_the_last_layer(smollm2):
     expected = _plain_candidate_logprobs(model, tokenizer, task, context, candidates)
     got = integers.filter(pl.col("layer") == 30).sort("candidate")["logprob"].to_list()
     assert got == pytest.approx(expected, abs=TOL)
+
+
+@pytest.mark.parametrize(
+    ("lens", "jobs", "integers"),
+    [
+        ({}, {"lens": 1, "lens_figures": 1}, True),
+        ({"integers": {"enabled": False}}, {"lens": 1, "lens_figures": 1}, False),
+        ({"enabled": False}, {}, False),
+    ],
+)
+def test_workflow_switches_the_lens_and_its_integers(
+    tmp_path, tiny_llama_folder, lens, jobs, integers
+):
+    """A dry run plans the lens jobs, and the integer table and figures, only when enabled."""
+    config = {
+        "models": {"m": {"path": str(tiny_llama_folder)}},
+        "tasks": {"identity": {"function": "x", "x_range": [0, 20], "n_examples": 4}},
+        "replicates": 2,
+        "lens": lens,
+    }
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+    run = subprocess.run(
+        [*cmd, "--directory", str(tmp_path), "--dry-run", "--cores", "1", "all"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = run.stdout.split("Job stats:")[1].split("Reasons:")[0]
+    planned = {k: int(v) for k, v in re.findall(r"^(lens\w*)\s+(\d+)$", table, flags=re.MULTILINE)}
+    assert planned == jobs
+    assert ("lens-top-tokens.png" in run.stdout) == bool(jobs)
+    for name in ("lens-integers.png", "lens-integers-mean.png", "lens_integers/m/identity"):
+        assert (name in run.stdout) == integers, name
