@@ -109,3 +109,20 @@ def test_ratio_average_keeps_peaks_locked_to_x_and_cancels_fixed_ones():
     # The 2x peak is specific to each x: its lift is large. The fixed peak is not.
     assert avg["lift"][0, col[2.0]] > 1.0
     assert avg["lift"][1, col[3.0]] < avg["lift"][0, col[2.0]] / 2
+
+
+def test_top_token_tables_say_when_no_layer_is_numeric(tables):
+    lens, _ = tables
+    plain = lens.with_columns(
+        pl.lit(False).alias("is_numeric"), pl.lit(None, dtype=pl.Int64).alias("first_numeric_layer")
+    )
+    for build in (figures.build_top_tokens, figures.build_top_tokens_mean):
+        fig = build(plain)
+        try:
+            heading = fig.axes[0].get_title()
+            assert "numeric top-1 token: none" in heading
+            assert not [
+                t for t in fig.axes[0].texts if to_hex(t.get_color()) == figures.NUMERIC_COLOR
+            ]
+        finally:
+            plt.close(fig)

@@ -167,11 +167,16 @@ def build_top_tokens_mean(lens: pl.DataFrame, function: str | None = None) -> Fi
     if mean.height != shape[0] * shape[1]:
         raise ValueError(f"fewer than {k} distinct tokens at some layer of example {example}")
     labels = np.array([visible(t) for t in mean["token_text"]], dtype=object).reshape(shape)
-    first = rows.filter(pl.col("rank") == 1)["first_numeric_layer"]
+    first = rows.filter((pl.col("rank") == 1) & (pl.col("layer") == 0))["first_numeric_layer"]
+    found = (
+        f"median {first.median():.0f} (range {first.min()}–{first.max()}; "
+        f"none in {first.null_count()} of {first.len()} replicates)"
+        if first.null_count() < first.len()
+        else f"none in any of {first.len()} replicates"
+    )
     what = (
         f"logit lens: top {k} tokens averaged over {n_rep} replicates, example {example}\n"
-        f"first layer with a numeric top-1 token: median {first.median():.0f} "
-        f"(range {first.min()}–{first.max()}; none in {first.null_count()})"
+        f"first layer with a numeric top-1 token: {found}"
     )
     note = _numeric_note(
         f"\nmean probability over replicates, counting 0 where a token is outside a "
