@@ -177,3 +177,122 @@ def greedy(
                 generated[row].append(token)
                 done[row] = bool(stop and stop(generated[row]))
     return generated
+
+
+# An empty index for `logits_to_keep`: run the blocks, unembed nothing (the
+# caller reads the residual stream through hooks and its own read-out).
+_NO_LOGITS = torch.empty(0, dtype=torch.long)
+
+
+def _cropped(cache, from_length: int, to_length: int):
+    """A copy of `cache` holding only its first `to_length` positions."""
+    kept = copy.deepcopy(cache)
+    if to_length < from_length:
+        kept.crop(to_length - from_length)  # a negative count removes that many positions
+    return kept
+
+
+@torch.inference_mode()
+def encode_prefixes(model, ids: list[int], lengths: list[int]) -> list[Prefix]:
+    """Prefixes ids[:n] for each n in `lengths`, from ONE pass over `ids`.
+
+    The pass's KV cache is cropped to each length, and only the positions
+    n − 1 are unembedded. With `lengths` empty the pass keeps no cache (its
+    hooks read what they need). Hooks registered around this call see (1, S, …).
+    """
+    if any(not 0 < n <= len(ids) for n in lengths):
+        raise ValueError(f"prefix lengths {lengths} must lie in 1…{len(ids)}")
+    device = _device(model)
+    input_ids = torch.tensor([ids], device=device)  # (1, S)
+    keep = torch.tensor([n - 1 for n in lengths], dtype=torch.long, device=device)  # (n,)
+    out = model(input_ids=input_ids, use_cache=bool(lengths), logits_to_keep=keep)
+    if not lengths:
+        return []
+    cache = _returned_cache(out)
+    return [
+        Prefix(list(ids[:n]), _cropped(cache, len(ids), n), out.logits[0, i].float())
+        for i, n in enumerate(lengths)
+    ]
+
+
+def _tree_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive mask (1, 1, N, P + N) from a boolean one: 0 where allowed, else the minimum."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _sliding_window(model) -> int | None:
+    """The window of the model's sliding-window layers, if it has any."""
+    config = model.config
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return config.sliding_window
+    return None
+
+
+@torch.inference_mode()
+def run_tree(
+    model,
+    prefix: Prefix,
+    tokens: list[int],
+    parents: list[int],
+    context: list[int] | None = None,
+    logits: bool = False,
+) -> torch.Tensor | None:
+    """Run a forest of continuations of `prefix` in ONE pass over its cache.
+
+    Node i is token `tokens[i]` following node `parents[i]` (−1: a root, which
+    follows the first `context[i]` positions of the prefix, all by default);
+    parents come before their children, and a child follows its root's
+    context. Each node sits at the position it has in its own sequence and
+    attends to its context and its ancestors only (a custom 4D attention mask,
+    honoured by every supported architecture; sliding-window layers get their
+    window applied too), so its outputs equal a plain pass over its context
+    and path. The lens scores the candidates' tries after several examples of
+    one replicate this way: one pass, one token per node. Hooks registered
+    around this call see (1, N, …). Returns the logits (N, V) when asked.
+    """
+    n, p_len = len(tokens), prefix.length
+    context = [p_len] * n if context is None else context
+    if not tokens or len(parents) != n or len(context) != n:
+        raise ValueError(
+            f"need one parent and context per token: {n}, {len(parents)}, {len(context)}"
+        )
+    if any(not -1 <= p < i for i, p in enumerate(parents)):
+        raise ValueError(f"parents {parents} must come before their children")
+    if any(not 0 < c <= p_len for c in context):
+        raise ValueError(f"contexts {sorted(set(context))} must lie in 1…{p_len}")
+    device = _device(model)
+    sees, depth = [], []
+    allowed = torch.zeros((n, p_len + n), dtype=torch.bool, device=device)  # (N, P + N)
+    for i, parent in enumerate(parents):
+        if parent < 0:
+            sees.append(context[i])
+            depth.append(1)
+            allowed[i, : context[i]] = True
+        else:
+            sees.append(sees[parent])
+            depth.append(depth[parent] + 1)
+            allowed[i] = allowed[parent]
+        allowed[i, p_len + i] = True
+    positions = torch.tensor([c + d - 1 for c, d in zip(sees, depth)], device=device)  # (N,)
+    dtype = next(model.parameters()).dtype
+    mask = _tree_mask(allowed, dtype)
+    window = _sliding_window(model)
+    if window is not None:
+        if p_len >= window:
+            raise ValueError(
+                f"the context ({p_len} tokens) reaches the model's sliding window ({window}): "
+                "its cache no longer holds every position; use fewer examples"
+            )
+        key_positions = torch.cat([torch.arange(p_len, device=device), positions])  # (P + N,)
+        near = positions[:, None] - key_positions[None, :] < window  # (N, P + N)
+        mask = {"full_attention": mask, "sliding_attention": _tree_mask(allowed & near, dtype)}
+    out = model(
+        input_ids=torch.tensor([tokens], device=device),  # (1, N)
+        attention_mask=mask,
+        position_ids=positions[None],  # (1, N)
+        use_cache=True,
+        logits_to_keep=0 if logits else _NO_LOGITS.to(device),
+        **{_cache_argument(type(model)): copy.deepcopy(prefix.cache)},
+    )
+    return out.logits[0].float() if logits else None

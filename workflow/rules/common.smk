@@ -91,4 +91,60 @@ def all_outputs():
         "results/tables/bayes_summary.html",
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
-    return per_pair + figures + tables + cross
+    return per_pair + figures + tables + cross + lens_targets()
+
+
+# ---------------------------------------------------------------- logit lens
+# Figure name -> (file under results/figures/{model}/{task}/, whether it needs lens_integers).
+LENS_FIGURES = {
+    "top_tokens": ("lens-top-tokens", False),
+    "top_tokens_mean": ("lens-top-tokens-mean", False),
+    "numeric_mass": ("lens-numeric-mass", False),
+    "integers": ("lens-integers", True),
+    "integers_mean": ("lens-integers-mean", True),
+}
+
+
+def lens_tables(model, task):
+    """The lens rule's tables: `lens_integers` only while the integer lens is enabled."""
+    tables = {"lens": f"results/lens/{model}/{task}.parquet"}
+    if SETTINGS.lens.integers:
+        tables["integers"] = f"results/lens_integers/{model}/{task}.parquet"
+    return tables
+
+
+def lens_integer_replicates(task):
+    if not SETTINGS.lens.integers:
+        return []
+    return SETTINGS.lens.integer_replicates_for(SETTINGS.tasks[task])
+
+
+def lens_figures():
+    """The lens figures as report items, keyed by the names the figure script uses."""
+    return {
+        name: report(
+            f"results/figures/{{model}}/{{task}}/{file}.png",
+            caption=f"../report/{file}.rst",
+            category="Logit lens",
+            subcategory="{model}",
+            labels={"model": "{model}", "task": "{task}", "figure": file},
+        )
+        for name, (file, integers) in LENS_FIGURES.items()
+        if SETTINGS.lens.integers or not integers
+    }
+
+
+def lens_targets():
+    if not SETTINGS.lens.enabled:
+        return []
+    tables = [
+        path for m in MODELS for t in TASKS for path in lens_tables(m, t).values()
+    ]
+    figures = [
+        f"results/figures/{m}/{t}/{file}.png"
+        for m in MODELS
+        for t in TASKS
+        for file, integers in LENS_FIGURES.values()
+        if SETTINGS.lens.integers or not integers
+    ]
+    return tables + figures
