@@ -69,6 +69,18 @@ def control_surprisal(wildcards):
     return f"results/surprisal/{wildcards.model}/{control}.parquet"
 
 
+def probe_targets():
+    """The probe's table and figure for every model and task."""
+    return expand(
+        [
+            "results/probe/{model}/{task}.parquet",
+            "results/figures/{model}/{task}/probe.png",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+
+
 def all_outputs():
     per_pair = expand(
         [
@@ -87,4 +99,5 @@ def all_outputs():
     )
     tables = ["results/surprisal.parquet", "results/bayes.parquet"]
     cross = ["results/figures/c_by_model_and_task.png"]
-    return per_pair + figures + tables + cross
+    stages = probe_targets() if SETTINGS.probe.enabled else []
+    return per_pair + figures + tables + cross + stages
