@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import torch
@@ -271,3 +272,64 @@ def test_smollm2_probe(smollm2):
     assert (after_five["y_pred"] == after_five["x"]).mean() > 0.9
     # The shortcut covered the correct answers: nothing was decoded for them.
     assert not after_five.filter(pl.col("y_pred") == pl.col("x"))["decoded"].any()
+
+
+# ---------------------------------------------------------------------- the figure
+
+
+def _synthetic_table(ks=(0, 2)) -> pl.DataFrame:
+    """y = 2x + 3 on 0…20: k = 0 echoes x (one wild answer, one unfinished), k = 2 is right."""
+    rows = []
+    for k in ks:
+        for x in range(21):
+            y_true = 2 * x + 3
+            y_pred = x if k == 0 else y_true
+            written = y_pred
+            if k == 0 and x == 5:
+                y_pred = written = 2023
+            if k == 0 and x == 7:
+                y_pred, written = None, 8
+            rows.append(
+                {"model": "m", "task": "t", "replicate": 1, "k": k, "x": x, "y_true": y_true,
+                 "y_pred": y_pred, "y_written": written}
+            )  # fmt: skip
+    return pl.DataFrame(rows).with_columns(
+        p_correct=pl.lit(0.5),
+        residual=pl.col("y_true") - pl.col("y_pred"),
+        y_pred_in_context=pl.col("y_pred") == 23,  # as if the context showed (10, 23)
+    )
+
+
+def test_summarize():
+    from iclprobe.probe import summarize
+
+    rows = summarize(_synthetic_table()).rows_by_key("k", named=True, unique=True)
+    zero, two = rows[0], rows[2]
+    assert zero["exact"] == 0 and two["exact"] == 1
+    assert zero["echo"] == pytest.approx(19 / 21)  # all but the wild and the unfinished
+    assert zero["unfinished"] == pytest.approx(1 / 21)
+    # Of the 20 finished answers, x has the parity of 2x + 3 for odd x (8), and 2023 too.
+    assert zero["same_parity"] == pytest.approx(9 / 20)
+    assert two["in_context"] == pytest.approx(1 / 21)
+    # Theil–Sen: one wild answer (2023 at x = 5) does not move the slope.
+    assert zero["slope"] == pytest.approx(1.0) and two["slope"] == pytest.approx(2.0)
+
+
+def test_probe_figure():
+    from iclprobe.plots.probe import build_probe
+
+    fig = build_probe(_synthetic_table(), function="2*x + 3")
+    axes = fig.axes
+    assert len(axes) == 4  # (answer, residual) × two ks
+    titles = [ax.get_title() for ax in axes]
+    assert "k = 0\nexact 0% · unfinished 5%" in titles
+    assert "k = 2\nexact 100% · unfinished 0%" in titles
+    answer_ax = next(ax for ax in axes if ax.get_title().startswith("k = 0"))
+    assert answer_ax.get_ylim()[1] < 100  # the wild 2023 sits on the edge, not on a long axis
+    # The reference lines: y = x and y = f(x) over the whole x range.
+    lines = {tuple(line.get_ydata()[[0, -1]]) for line in answer_ax.get_lines()}
+    assert {(0, 20), (3, 43)} <= lines
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("without the terminator" in t for t in legend)
+    assert any("beyond the axis" in t for t in legend)
+    plt.close(fig)

@@ -160,13 +160,9 @@ def predict(
         counter.prefix += length
         for first in range(0, len(group), batch_size):
             batch = group[first : first + batch_size]
-            for i, result in zip(
-                batch,
-                _batch(
-                    model, prefix, [rows[i] for i in batch], stop, max_new_tokens, pad_id, counter
-                ),
-                strict=True,
-            ):
+            chunk = [rows[i] for i in batch]
+            found = _batch(model, prefix, chunk, stop, max_new_tokens, pad_id, counter)
+            for i, result in zip(batch, found, strict=True):
                 results[i] = result
     return results
 
@@ -378,18 +374,18 @@ COLUMNS = [
 def summarize(table: pl.DataFrame) -> pl.DataFrame:
     """Per (model, task, k): how the answers relate to x, to f(x) and to the context.
 
-    exact: y_pred = f(x); echo: y_pred = x; same_parity: y_pred has f(x)'s parity;
-    in_context: y_pred is one of the context's y; unfinished: no terminated
-    integer; slope: the Theil–Sen slope of y_pred on x (the median of the
-    slopes between pairs of answers, which a few wild answers do not move);
-    mean_p_correct: mean P(f(x)).
+    exact: y_pred = f(x); echo: y_pred = x; same_parity: of the finished
+    answers, those with f(x)'s parity; in_context: y_pred is one of the
+    context's y; unfinished: no terminated integer; slope: the Theil–Sen slope
+    of y_pred on x (the median of the slopes between pairs of answers, which a
+    few wild answers do not move); mean_p_correct: mean P(f(x)).
     """
     keys = ["model", "task", "k"]
     answered = pl.col("y_pred").is_not_null()
     counts = table.group_by(keys).agg(
         (pl.col("y_pred") == pl.col("y_true")).fill_null(False).mean().alias("exact"),
         (pl.col("y_pred") == pl.col("x")).fill_null(False).mean().alias("echo"),
-        ((pl.col("residual") % 2) == 0).fill_null(False).mean().alias("same_parity"),
+        ((pl.col("residual") % 2) == 0).mean().alias("same_parity"),  # of finished answers
         pl.col("y_pred_in_context").mean().alias("in_context"),
         (~answered).mean().alias("unfinished"),
         pl.col("p_correct").mean().alias("mean_p_correct"),
