@@ -3,8 +3,10 @@
 Probe queries, lens candidates, head ablations and patches all share a long
 context and differ in a few tokens after it. `encode_prefix` runs the context
 once; `run_suffixes` runs a batch of right-padded continuations over copies of
-its cache; `greedy` decodes a few tokens more. Each gives exactly what a plain
-pass over prefix + continuation would (tests/test_prefix.py checks this
+its cache; `greedy` decodes a few tokens more, and `greedy_from` decodes on
+from inside a finished run (where a forced answer leaves the greedy path)
+without running the query again. Each gives exactly what a plain pass over
+prefix + continuation would (tests/test_prefix.py checks this
 against Hugging Face on every supported architecture).
 
 Right padding is safe here: a real token never attends to the pads after it,
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -49,6 +54,32 @@ class Prefix:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextmanager
+def _grouped_kv_on_cpu(model) -> Iterator[None]:
+    """On CPU, let SDPA read grouped key/value heads without copying them per query head.
+
+    With an attention mask (the pads here), transformers repeats every
+    key/value head H/KV times before SDPA, because CUDA's fast kernels take no
+    mask with grouped heads; torch's CPU SDPA takes both (`enable_gqa`). Same
+    numbers (0.0 difference on SmolLM2), about 30 % less time per batch of
+    suffixes. `TRANSFORMERS_SDPA_FORCE_GQA` is transformers' switch for it, read
+    at every call; it is set only around these calls.
+    """
+    if _device(model).type != "cpu":
+        yield
+        return
+    key = "TRANSFORMERS_SDPA_FORCE_GQA"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
 
 
 @torch.inference_mode()
@@ -104,14 +135,15 @@ def run_suffixes(
         mask[row, prefix.length : prefix.length + len(suffix)] = 1
     positions = torch.arange(prefix.length, prefix.length + width, device=device)
     kv = _batch_cache(prefix, batch)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions.expand(batch, -1),  # (B, S)
-        use_cache=True,
-        logits_to_keep=logits_to_keep,
-        **{_cache_argument(type(model)): kv},
-    )
+    with _grouped_kv_on_cpu(model):
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions.expand(batch, -1),  # (B, S)
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **{_cache_argument(type(model)): kv},
+        )
     return SuffixRun(out.logits.float(), [len(s) for s in suffixes], _returned_cache(out), mask)
 
 
@@ -154,28 +186,83 @@ def greedy(
     rows = torch.arange(len(queries), device=device)
     last = torch.tensor([n - 1 for n in run.lengths], device=device)
     next_ids = run.logits[rows, last].argmax(-1)  # (B,)
-    generated = [[int(t)] for t in next_ids]
-    done = [bool(stop and stop(g)) for g in generated]
-    kv, mask = run.cache, run.mask
     positions = torch.tensor([prefix.length + n for n in run.lengths], device=device)  # (B,)
-    for _ in range(max_new_tokens - 1):
-        if all(done):
-            break
+    generated = [[int(t)] for t in next_ids]
+    return _extend(model, run.cache, run.mask, next_ids, positions, generated, max_new_tokens, stop)
+
+
+@torch.inference_mode()
+def greedy_from(
+    model,
+    prefix: Prefix,
+    run: SuffixRun,
+    rows: list[int],
+    cut: list[int],
+    given: list[list[int]],
+    max_new_tokens: int,
+    stop=None,
+) -> list[list[int]]:
+    """Greedy decoding that branches off a finished teacher-forced run, reusing its cache.
+
+    For each i, row `rows[i]` of `run` keeps its suffix tokens before suffix
+    position `cut[i]`; its tokens from there on are masked out of the cache,
+    as pads are, and `given[i][-1]` takes position `cut[i]` instead. `given[i]`
+    is what the caller has decided for the row so far (its last token is the
+    one fed next); decoding appends to it until `stop(tokens)` or until it holds
+    `max_new_tokens` tokens. Saves running the query again when a forced
+    answer shows where the greedy path leaves it. Consumes `run.cache`.
+    """
+    device = _device(model)
+    index = torch.tensor(rows, device=device)
+    kv = run.cache
+    kv.batch_select_indices(index)  # in place: (b, …) from (B, …)
+    mask = run.mask[index].clone()  # (b, P + S)
+    for i, c in enumerate(cut):
+        mask[i, prefix.length + c :] = 0
+    next_ids = torch.tensor([g[-1] for g in given], device=device)  # (b,)
+    positions = torch.tensor([prefix.length + c for c in cut], device=device)  # (b,)
+    generated = [list(g) for g in given]
+    return _extend(model, kv, mask, next_ids, positions, generated, max_new_tokens, stop)
+
+
+def _extend(model, kv, mask, next_ids, positions, generated, max_new_tokens, stop):
+    """Feed `next_ids` (B,) at `positions` (B,) and append greedy tokens to each row.
+
+    A row stops when `stop(row)` holds or it has `max_new_tokens` tokens. Rows
+    that have stopped leave the batch once they are half of it (selecting the
+    cache's rows costs about one decoding step); until then they are fed along
+    and their extra tokens dropped.
+    """
+    live = [r for r, g in enumerate(generated) if not _stopped(g, max_new_tokens, stop)]
+    if len(live) < len(generated):
+        kv, mask, next_ids, positions = _select(kv, mask, next_ids, positions, live)
+    while live:
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, P + S + t)
-        out = model(
-            input_ids=next_ids[:, None],  # (B, 1)
-            attention_mask=mask,
-            position_ids=positions[:, None],  # (B, 1)
-            use_cache=True,
-            **{_cache_argument(type(model)): kv},
-        )
+        with _grouped_kv_on_cpu(model):
+            out = model(
+                input_ids=next_ids[:, None],  # (B, 1)
+                attention_mask=mask,
+                position_ids=positions[:, None],  # (B, 1)
+                use_cache=True,
+                **{_cache_argument(type(model)): kv},
+            )
         kv = _returned_cache(out)
         positions = positions + 1
         next_ids = out.logits[:, -1].argmax(-1)  # (B,)
-        for row, token in enumerate(next_ids.tolist()):
-            if not done[row]:
-                generated[row].append(token)
-                done[row] = bool(stop and stop(generated[row]))
+        keep = []
+        for i, (row, token) in enumerate(zip(live, next_ids.tolist(), strict=True)):
+            if row is None:
+                continue
+            generated[row].append(token)
+            if _stopped(generated[row], max_new_tokens, stop):
+                live[i] = None
+            else:
+                keep.append(i)
+        if not keep:
+            break
+        if 2 * len(keep) <= len(live):
+            kv, mask, next_ids, positions = _select(kv, mask, next_ids, positions, keep)
+            live = [live[i] for i in keep]
     return generated
 
 
@@ -296,3 +383,12 @@ def run_tree(
         **{_cache_argument(type(model)): copy.deepcopy(prefix.cache)},
     )
     return out.logits[0].float() if logits else None
+def _stopped(tokens: list[int], max_new_tokens: int, stop) -> bool:
+    return len(tokens) >= max_new_tokens or bool(stop and stop(tokens))
+
+
+def _select(kv, mask, next_ids, positions, keep: list[int]):
+    """The decoding state of rows `keep` only (the cache is selected in place)."""
+    index = torch.tensor(keep, device=mask.device)
+    kv.batch_select_indices(index)
+    return kv, mask[index], next_ids[index], positions[index]

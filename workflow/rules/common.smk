@@ -69,6 +69,20 @@ def control_surprisal(wildcards):
     return f"results/surprisal/{wildcards.model}/{control}.parquet"
 
 
+def probe_targets():
+    """The probe's table and figure for every model and task (none when switched off)."""
+    if not SETTINGS.probe.enabled:
+        return []
+    return expand(
+        [
+            "results/probe/{model}/{task}.parquet",
+            "results/figures/{model}/{task}/probe.png",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+
+
 def all_outputs():
     per_pair = expand(
         [
@@ -91,7 +105,8 @@ def all_outputs():
         "results/tables/bayes_summary.html",
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
-    return per_pair + figures + tables + cross + lens_targets()
+    stages = probe_targets() + lens_targets()
+    return per_pair + figures + tables + cross + stages
 
 
 # ---------------------------------------------------------------- logit lens
