@@ -22,13 +22,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from iclprobe.plots import style
 
 CAP = 3.0  # the seed's colour cap on direct contributions (logit units)
 TOP = 6  # heads labelled in the scatter
+LINEAR = 1e-4  # effects smaller than this (in P) are drawn on a linear scale
 
 _DIRECT = "direct contribution to the centred logit (logit units)"
 _EFFECT = "ΔP(correct answer) when the head is mean-ablated"
@@ -83,54 +85,82 @@ def _grid(means: pl.DataFrame, example: int) -> np.ndarray:
 def _build_heatmaps(
     table: pl.DataFrame, column: str, what: str, label: str, cap: float | None, function
 ) -> Figure:
+    """One heatmap per example (cap: clip the colours at ±cap; None: a symmetric log
+    colour scale up to the largest value), each with its layer sums beside it."""
     model, task = _ids(table)
     means = head_means(table, column)
     sums = layer_sums(table, column)
     examples = sorted(means["example"].unique().to_list())
     n_rep = int(means["n"].max())
-    limit = cap if cap is not None else max(float(means["value"].abs().max()), 1e-3)
-    norm = Normalize(-limit, limit)
     n_layers = int(means["layer"].max())
+    if cap is not None:
+        norm, scale = Normalize(-cap, cap), f", capped at ±{cap:g}"
+    else:
+        limit = max(float(means["value"].abs().max()), 10 * LINEAR)
+        norm = SymLogNorm(LINEAR, vmin=-limit, vmax=limit, base=10)
+        scale = f" (symmetric log scale, linear within ±{LINEAR:g})"
+    width = max(8.0, 1.2 + 2.6 * len(examples))
     with style.drawing():
-        fig = plt.figure(figsize=(1.0 + 2.5 * len(examples), 2.2 + 0.2 * n_layers), dpi=style.DPI)
-        ratios = [r for _ in examples for r in (3.0, 1.2)] + [0.25]
-        grid = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.25)
-        image = None
+        fig = plt.figure(figsize=(width, 2.4 + 0.2 * n_layers), dpi=style.DPI)
+        ratios = [r for _ in examples for r in (3.0, 1.3)] + [0.25]
+        grid = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.3)
+        image, first_bars = None, None
         for i, example in enumerate(examples):
             heat = fig.add_subplot(grid[0, 2 * i])
             values = _grid(means, example)
-            shown = np.clip(values, -limit, limit)
+            shown = values if cap is None else np.clip(values, -cap, cap)
             image = heat.imshow(shown, cmap="RdBu_r", norm=norm, aspect="auto")
+            _label_strongest(heat, values, norm)
             heat.set_xticks(range(values.shape[1]))
             heat.set_xticklabels(range(values.shape[1]), fontsize="x-small")
             ticks = list(range(0, n_layers, max(1, n_layers // 10)))
             heat.set_yticks(ticks)
-            heat.set_yticklabels([t + 1 for t in ticks], fontsize="x-small")
+            heat.set_yticklabels([t + 1 for t in ticks] if i == 0 else [], fontsize="x-small")
             heat.set_xlabel("head")
             heat.set_ylabel("layer (1 = first block)" if i == 0 else "")
             heat.set_title(f"example {example}", fontsize="small")
             heat.grid(False)
-            bars = fig.add_subplot(grid[0, 2 * i + 1], sharey=heat)
+            bars = fig.add_subplot(grid[0, 2 * i + 1], sharey=heat, sharex=first_bars)
+            first_bars = first_bars or bars
             per_layer = sums.filter(pl.col("example") == example).sort("layer")
             value = per_layer["value"].to_numpy()
             colours = np.where(value >= 0, "#b2182b", "#2166ac")
             bars.barh(per_layer["layer"].to_numpy() - 1, value, color=colours, height=0.8)
             bars.axvline(0, color="0.3", linewidth=0.8)
-            bars.tick_params(axis="y", labelleft=False)
+            bars.tick_params(axis="y", left=False, right=False, labelleft=False, labelright=False)
             bars.tick_params(axis="x", labelsize="x-small")
+            bars.xaxis.set_major_locator(MaxNLocator(3, symmetric=True))
             bars.set_xlabel("layer sum", fontsize="small")
         colour = fig.add_subplot(grid[0, -1])
         bar = fig.colorbar(image, cax=colour)
-        capped = f", capped at ±{limit:g}" if cap is not None else ""
-        bar.set_label(f"{label}{capped}", fontsize="small")
+        bar.set_label(f"{label}{scale}", fontsize="small")
         heading = style.title(what, model, task, function)
         fig.suptitle(
-            f"{heading}\nmean over {n_rep} replicates; beside each panel: the layer's heads "
-            "summed (uncapped)",
+            f"{heading}\nmean over {n_rep} replicates · numbers: a panel's 3 strongest heads\n"
+            "bars: the sum over a layer's heads (uncapped)",
             fontsize="medium",
         )
-        fig.subplots_adjust(top=1 - 1.3 / fig.get_figheight(), bottom=0.55 / fig.get_figheight())
+        fig.subplots_adjust(
+            top=1 - 1.6 / fig.get_figheight(), bottom=0.6 / fig.get_figheight(), left=0.07
+        )
         return fig
+
+
+def _label_strongest(ax, values: np.ndarray, norm, n: int = 3) -> None:
+    """Write the value of the n cells largest in magnitude on them (white on dark cells)."""
+    order = np.argsort(-np.abs(np.nan_to_num(values)), axis=None)[:n]
+    for layer, head in zip(*np.unravel_index(order, values.shape), strict=True):
+        value = values[layer, head]
+        dark = abs(float(norm(value)) - 0.5) > 0.3
+        ax.text(
+            head,
+            layer,
+            f"{value:.2g}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if dark else "black",
+        )
 
 
 def build_direct(table: pl.DataFrame, function: str | None = None) -> Figure:
@@ -188,8 +218,9 @@ def build_direct_vs_causal(table: pl.DataFrame, function: str | None = None) -> 
             f"Spearman ρ = {rank:.2f}; labels: layer.head of the {TOP} strongest by each measure",
             fontsize="small",
         )
+        ax.set_yscale("symlog", linthresh=LINEAR)
         ax.set_xlabel(_DIRECT)
-        ax.set_ylabel(_EFFECT)
+        ax.set_ylabel(f"{_EFFECT}\n(symmetric log scale, linear within ±{LINEAR:g})")
         ax.figure.tight_layout()
         return ax.figure
 
