@@ -11,7 +11,7 @@ rule heads:
         "../envs/iclprobe.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=2500,
     params:
         # heads.causal.batch_rows is read from the config inside the script: it changes
         # speed and memory, not results, so changing it reruns nothing.
