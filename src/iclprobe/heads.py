@@ -30,11 +30,12 @@ Causal effect (mean-ablation, as function-vector work measures heads). For each
 head, P(correct answer) — the whole answer span under the scoring convention,
 teacher-forced — when that head's output at the decision position is replaced
 by its mean over the *same example* in the *other* selected replicates (leave
-one out: same context length and example index, other x values), everything
+one out: as many examples before it, other x values), everything
 downstream recomputed. The text before the decision position is the same for
-every ablation, so its KV cache comes from the attribution pass, cropped; each
-layer's H heads run as one batch of H rows over [decision token, answer
-tokens…], row h with head h replaced at suffix position 0. The answer tokens
+every ablation, so its KV cache comes from the attribution pass, cropped; the
+H heads of a layer (of a few layers) run as one batch of rows over [decision
+token, answer tokens…], each row with one head replaced at suffix position 0
+(so SmolLM2's 270 heads cost 270 rows of 2–4 tokens per prompt). The answer tokens
 that come before the decision position (the space before a positive y, for
 SmolLM2) are predicted before the edit and keep their clean log-probability.
 `effect` = ablated − clean P(correct).
