@@ -6,7 +6,6 @@
 - Grouped-query attention gives one row per query head.
 - Mean-ablation: replacing a head by its own clean output changes no log-probability (1e-5),
   and a batched ablation equals a plain pass over the whole text with the same edit (1e-4).
-- The prefix additions the stage uses (`encode_prefix(keep=…)`, `truncate`) equal plain passes.
 All in float32 on tiny random models; SmolLM2 for real (`real_model`).
 """
 
@@ -17,7 +16,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from conftest import TINY_CONFIGS, digit_tokenizer, make_task, number_tokenizer, tiny_model
 from iclprobe.anatomy import anatomy_of
@@ -26,7 +24,7 @@ from iclprobe.forward import encode_prompts, run_forward
 from iclprobe.heads import ablated_logprobs, run_heads
 from iclprobe.hooks import capture_heads, edit_heads
 from iclprobe.plots import heads as plots
-from iclprobe.prefix import encode_prefix, run_suffixes, truncate
+from iclprobe.prefix import encode_prefix
 from iclprobe.prompts import make_prompts
 from iclprobe.tokens import tokenize
 
@@ -229,36 +227,6 @@ def test_batched_ablation_equals_a_plain_pass_with_the_same_edit(arch, layers_pe
         expected = _plain_logprob(model, anatomy, ids, decision, end, (layer, head, value))
         assert abs(expected - clean) > 1e-3  # the edit matters, so the check can fail
         assert float(got[layer - 1, head]) == pytest.approx(expected, abs=TOL)
-
-
-# ------------------------------------------------------------------ prefix additions
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("arch", [*ARCHS, "gemma2-sliding"])
-def test_truncated_prefix_equals_a_plain_pass(arch):
-    if arch == "gemma2-sliding":
-        # A 4-token sliding window has dropped the prefix's start: truncate re-encodes.
-        config = TINY_CONFIGS["gemma2"](40)
-        config.sliding_window = 4
-        assert "sliding_attention" in config.layer_types
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    else:
-        model = tiny_model(arch, 40)
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(1, 40, (15,), generator=g).tolist()
-    prefix = encode_prefix(model, ids[:12], keep=[3, 7])
-    full = model(input_ids=torch.tensor([ids])).logits[0]  # (S, V)
-    for position in (3, 7, 11):
-        torch.testing.assert_close(prefix.kept[position], full[position], atol=TOL, rtol=0)
-    short = truncate(model, prefix, 8)
-    assert short.ids == ids[:8] and prefix.length == 12  # the original is left whole
-    torch.testing.assert_close(short.last_logits, full[7], atol=TOL, rtol=0)
-    run = run_suffixes(model, short, [ids[8:13], ids[8:10]])
-    torch.testing.assert_close(run.logits[0, :5], full[8:13], atol=TOL, rtol=0)
-    with pytest.raises(ValueError, match="position 4 was not kept"):
-        truncate(model, prefix, 5)
 
 
 # ------------------------------------------------------------------ settings

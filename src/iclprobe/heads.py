@@ -38,7 +38,8 @@ token, answer tokens…], each row with one head replaced at suffix position 0
 (so SmolLM2's 270 heads cost 270 rows of 2–4 tokens per prompt). The answer tokens
 that come before the decision position (the space before a positive y, for
 SmolLM2) are predicted before the edit and keep their clean log-probability.
-`effect` = ablated − clean P(correct).
+Clean log-probabilities are the forward stage's (its logits cache): `p_correct`
+is exp(logprob) of the forward table, and `effect` = ablated − clean P(correct).
 
 Shapes follow the glossary of `iclprobe.anatomy`; n is the number of decision
 positions looked at in one replicate.
@@ -47,10 +48,8 @@ positions looked at in one replicate.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +59,7 @@ import torch
 from iclprobe.anatomy import Anatomy, anatomy_of
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_branches, capture_heads, capture_residual, edit_heads
-from iclprobe.prefix import Prefix, encode_prefix, run_suffixes, truncate
+from iclprobe.prefix import Prefix, encode_prefixes, run_suffixes
 from iclprobe.readout import centred_bias, centred_unembedding, freeze_final_norm, freeze_norm
 from iclprobe.tokens import EncodedSequence
 
@@ -117,12 +116,12 @@ FLOATS = ["contribution", "centred_logit", "p_correct", "ablated_p_correct", "ef
 class CleanRun:
     """One clean pass over a replicate, read at n decision positions.
 
-    `prefix` holds the pass's KV cache and the logits kept at the positions
-    that predict answer tokens; the rest are what the residual stream is made
-    of there.
+    `prefixes` are the pass's KV cache cropped to the text before each
+    decision position asked for (the contexts of the ablations); the rest is
+    what the residual stream is made of at the n positions.
     """
 
-    prefix: Prefix
+    prefixes: dict[int, Prefix]  # decision position -> the context before it
     heads: dict[int, torch.Tensor]  # layer -> (n, H, D)
     mlp: dict[int, torch.Tensor]  # layer -> (n, d)
     embed: torch.Tensor  # (n, d): the residual stream entering block 1
@@ -152,11 +151,12 @@ class Attribution:
 
 @torch.inference_mode()
 def clean_run(
-    model, anatomy: Anatomy, ids: list[int], positions: list[int], keep: list[int]
+    model, anatomy: Anatomy, ids: list[int], positions: list[int], contexts: list[int] = ()
 ) -> CleanRun:
     """Run `ids` once, capturing what writes the residual stream at `positions`.
 
-    `keep`: positions whose logits are kept (to score answers and truncate the prefix).
+    `contexts`: decision positions whose preceding text becomes a prefix for
+    ablations (the pass's cache cropped to it); nothing is unembedded.
     """
     at = torch.tensor(positions, device=anatomy.unembed.weight.device)  # (n,)
 
@@ -169,8 +169,14 @@ def clean_run(
         capture_branches(anatomy, select) as branches,
         capture_residual(anatomy, select, layers=layers) as resid,
     ):
-        prefix = encode_prefix(model, ids, keep=keep)
-    return CleanRun(prefix, heads, branches["mlp"], resid[0], resid[anatomy.n_layers])
+        prefixes = encode_prefixes(model, ids, list(contexts))
+    return CleanRun(
+        dict(zip(contexts, prefixes, strict=True)),
+        heads,
+        branches["mlp"],
+        resid[0],
+        resid[anatomy.n_layers],
+    )
 
 
 @torch.inference_mode()
@@ -229,30 +235,6 @@ def _replace_at_decision(rows: torch.Tensor, values: torch.Tensor):
     return edit
 
 
-@contextmanager
-def _shared_kv_heads(device: torch.device) -> Iterator[None]:
-    """On CPU, let SDPA read grouped key/value heads instead of copies of them.
-
-    transformers copies each key/value head once per query head before calling
-    SDPA unless TRANSFORMERS_SDPA_FORCE_GQA=1 (by default it shares them only
-    without an attention mask); torch's CPU kernel takes grouped heads with a
-    mask too. Over a cached context the copies were about a third of an
-    ablation batch's time on SmolLM2 (3 key/value heads, 9 query heads). On
-    CUDA the flag would force a slower kernel, so it is left alone there.
-    """
-    name = "TRANSFORMERS_SDPA_FORCE_GQA"
-    before = os.environ.get(name)
-    if device.type == "cpu":
-        os.environ[name] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 @torch.inference_mode()
 def ablated_logprobs(
     model,
@@ -279,7 +261,6 @@ def ablated_logprobs(
     for first in range(1, n_layers + 1, layers_per_batch):
         layers = list(range(first, min(first + layers_per_batch, n_layers + 1)))
         with ExitStack() as edits:
-            edits.enter_context(_shared_kv_heads(device))
             for i, layer in enumerate(layers):
                 rows = torch.arange(i * n_heads, (i + 1) * n_heads, device=device)  # (H,)
                 edit = _replace_at_decision(rows, means[layer - 1].to(device))
@@ -296,14 +277,14 @@ def ablated_logprobs(
 
 @dataclass
 class _Replicate:
-    """One replicate's clean run and where its selected examples sit in it."""
+    """One replicate's clean run, where its selected examples sit, and their clean scores."""
 
     replicate: int
     sequence: EncodedSequence
     examples: list[int]  # 1-based, in the order of the run's positions
     run: CleanRun
     attribution: Attribution
-    logprob: dict[int, float]  # example -> clean log P(answer span)
+    token_logprobs: dict[int, list[float]]  # example -> the forward stage's, per answer token
 
     def decision(self, example: int) -> int:
         return self.sequence.decision[example - 1]
@@ -316,32 +297,22 @@ class _Replicate:
         i = self.examples.index(example)
         return torch.stack([self.run.heads[layer][i] for layer in sorted(self.run.heads)])
 
-
-def _answer_logprob(prefix: Prefix, ids: list[int], span: list[int], before: int | None = None):
-    """Clean log P of the answer tokens in `span` (those at index ≤ `before` only, if given)."""
-    total = 0.0
-    for t in span:
-        if before is None or t <= before:
-            total += float(prefix.kept[t - 1].log_softmax(-1)[ids[t]])
-    return total
+    def logprob(self, example: int, through: int | None = None) -> float:
+        """Clean log P(answer span); only its tokens at index ≤ `through`, if given."""
+        pairs = zip(self.span(example), self.token_logprobs[example], strict=True)
+        return sum(lp for t, lp in pairs if through is None or t <= through)
 
 
-def _run_replicate(model, anatomy, replicate: int, seq: EncodedSequence, examples, causal):
+def _run_replicate(model, anatomy, replicate, seq: EncodedSequence, forward, examples, causal):
     decisions = [seq.decision[e - 1] for e in examples]
-    spans = [seq.answer_tokens[e - 1] for e in examples]
-    end = max(span[-1] for span in spans)  # the last answer token is predicted, not read
-    keep = {t - 1 for span in spans for t in span}
-    keep |= {seq.decision[e - 1] - 1 for e in causal}  # where truncated prefixes end
-    run = clean_run(model, anatomy, seq.input_ids[:end], decisions, sorted(keep))
+    contexts = [seq.decision[e - 1] for e in causal]
+    run = clean_run(model, anatomy, seq.input_ids[: max(decisions) + 1], decisions, contexts)
     device = anatomy.unembed.weight.device
     targets = torch.tensor([seq.input_ids[d + 1] for d in decisions], device=device)  # (n,)
-    logprob = {
-        e: _answer_logprob(run.prefix, seq.input_ids, span)
-        for e, span in zip(examples, spans, strict=True)
-    }
-    return _Replicate(
-        replicate, seq, examples, run, direct_attribution(anatomy, run, targets), logprob
-    )
+    scores = forward.filter(pl.col("replicate") == replicate, pl.col("example").is_in(examples))
+    token_logprobs = dict(zip(scores["example"], scores["token_logprobs"].to_list(), strict=True))
+    attribution = direct_attribution(anatomy, run, targets)
+    return _Replicate(replicate, seq, examples, run, attribution, token_logprobs)
 
 
 def _attribution_frame(rep: _Replicate) -> pl.DataFrame:
@@ -395,7 +366,7 @@ def _attribution_frame(rep: _Replicate) -> pl.DataFrame:
             "decision_position": decisions,
             "target_token_id": [rep.sequence.input_ids[d + 1] for d in decisions],
             "centred_logit": a.centred_logit.cpu().numpy(),
-            "p_correct": np.exp([rep.logprob[e] for e in rep.examples]),
+            "p_correct": np.exp([rep.logprob(e) for e in rep.examples]),
         }
     )
     return rows.join(per_example, on="example", how="left").with_columns(
@@ -412,10 +383,11 @@ def _leave_one_out_means(runs: list[_Replicate], replicate: int, example: int) -
 def _ablate(model, anatomy, rep: _Replicate, example: int, means, layers_per_batch):
     """Ablated P(correct) for every head at one example of one replicate; rows and tokens run."""
     ids, decision, span = rep.sequence.input_ids, rep.decision(example), rep.span(example)
-    prefix = truncate(model, rep.run.prefix, decision)
+    prefix = rep.run.prefixes[decision]
     suffix = ids[decision : span[-1]]  # the decision token and the answer tokens it leads to
     targets = ids[decision + 1 : span[-1] + 1]
-    unaffected = _answer_logprob(rep.run.prefix, ids, span, before=decision)
+    # Answer tokens up to the decision token are predicted before the edit: clean.
+    unaffected = rep.logprob(example, through=decision)
     ablated = unaffected + ablated_logprobs(
         model, anatomy, prefix, suffix, targets, means, layers_per_batch
     )  # (L, H)
@@ -495,8 +467,9 @@ def run_heads(
     _check_decisions(reps, encoded, forward)
     runs, tokens, started = [], 0, time.monotonic()
     for replicate, seq in zip(reps, encoded, strict=True):
-        runs.append(_run_replicate(model, anatomy, replicate, seq, examples, causal_examples))
-        tokens += runs[-1].run.prefix.length
+        causal = causal_examples if replicate in causal_replicates else []
+        runs.append(_run_replicate(model, anatomy, replicate, seq, forward, examples, causal))
+        tokens += max(runs[-1].decision(e) for e in examples) + 1
         _rate("attribution: replicate", len(runs), len(reps), tokens, started)
     error = max(
         float((r.attribution.total() - r.attribution.centred_logit).abs().max()) for r in runs
