@@ -215,10 +215,11 @@ def build_direct_vs_causal(table: pl.DataFrame, function: str | None = None) -> 
         )
         ax.set_title(
             f"{heading}\nmean over {prompts.height} prompts (example {examples}); "
-            f"Spearman ρ = {rank:.2f}; labels: layer.head of the {TOP} strongest by each measure",
+            f"Spearman ρ(direct, ΔP) = {rank:.2f}; labels: layer.head of the {TOP} strongest by each",
             fontsize="small",
         )
         ax.set_yscale("symlog", linthresh=LINEAR)
+        ax.margins(y=0.08)
         ax.set_xlabel(_DIRECT)
         ax.set_ylabel(f"{_EFFECT}\n(symmetric log scale, linear within ±{LINEAR:g})")
         ax.figure.tight_layout()
