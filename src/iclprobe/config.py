@@ -106,12 +106,40 @@ class HeadsSettings:
     examples: tuple[int | str, ...]
     replicates: int | None
     causal: bool
+    causal_examples: tuple[int | str, ...]
+    causal_replicates: int | None
+    batch_rows: int
 
     def examples_for(self, task: Task) -> list[int]:
-        return _examples(self.examples, task.n_examples)
+        """Examples attributed: the configured ones and, with mean-ablation, its ones."""
+        wanted = self.examples + (self.causal_examples if self.causal else ())
+        return _examples(wanted, task.n_examples)
 
     def replicates_for(self, task: Task) -> list[int]:
         return _first(self.replicates, task.replicates)
+
+    def causal_examples_for(self, task: Task) -> list[int]:
+        return _examples(self.causal_examples, task.n_examples) if self.causal else []
+
+    def causal_replicates_for(self, task: Task) -> list[int]:
+        """The first N of the attribution's replicates (their means are taken over those)."""
+        if not self.causal:
+            return []
+        return _first(self.causal_replicates, len(self.replicates_for(task)))
+
+    def check(self, tasks: dict[str, Task]) -> None:
+        """Mean-ablation takes a leave-one-out mean over replicates: it needs two."""
+        if not (self.enabled and self.causal):
+            return
+        for name, task in tasks.items():
+            n = len(self.replicates_for(task))
+            if n < 2:
+                raise ConfigError(
+                    f"heads.causal is enabled but task {name!r} has {n} replicate for the heads "
+                    f"stage (heads.replicates: {self.replicates}, replicates: {task.replicates}); "
+                    "mean-ablation replaces a head by its mean over the other replicates, so it "
+                    "needs at least 2 (or set heads.causal.enabled: false)"
+                )
 
 
 @dataclass(frozen=True)
@@ -380,9 +408,24 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
             if integers["candidate_range"] is None
             else tuple(integers["candidate_range"]),
         ),
-        heads=HeadsSettings(**{**raw["heads"], "examples": tuple(raw["heads"]["examples"])}),
+        heads=_heads_settings(raw["heads"], tasks),
         patching=PatchingSettings(**raw["patching"]),
     )
+
+
+def _heads_settings(heads: dict[str, Any], tasks: dict[str, Task]) -> HeadsSettings:
+    causal = heads["causal"]
+    settings = HeadsSettings(
+        enabled=heads["enabled"],
+        examples=tuple(heads["examples"]),
+        replicates=heads["replicates"],
+        causal=causal["enabled"],
+        causal_examples=tuple(causal["examples"]),
+        causal_replicates=causal["replicates"],
+        batch_rows=causal["batch_rows"],
+    )
+    settings.check(tasks)
+    return settings
 
 
 def _check_case_collisions(section: str, names) -> None:

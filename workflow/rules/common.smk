@@ -83,6 +83,23 @@ def probe_targets():
     )
 
 
+def heads_targets():
+    """The heads tables and figures, when the stage is enabled."""
+    if not SETTINGS.heads.enabled:
+        return []
+    figures = ["heads-direct"]
+    if SETTINGS.heads.causal:
+        figures += ["heads-causal", "heads-direct-vs-causal"]
+    return expand(
+        "results/heads/{model}/{task}.parquet", model=MODELS, task=TASKS
+    ) + expand(
+        "results/figures/{model}/{task}/{figure}.png",
+        model=MODELS,
+        task=TASKS,
+        figure=figures,
+    )
+
+
 def all_outputs():
     per_pair = expand(
         [
@@ -105,7 +122,7 @@ def all_outputs():
         "results/tables/bayes_summary.html",
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
-    stages = probe_targets() + lens_targets()
+    stages = probe_targets() + lens_targets() + heads_targets()
     return per_pair + figures + tables + cross + stages
 
 
