@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
+import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import torch
@@ -34,6 +35,7 @@ from conftest import (
     tiny_model,
 )
 from iclprobe.anatomy import anatomy_of
+from iclprobe.config import ConfigError, load_settings
 from iclprobe.hooks import capture_residual, edit_residual
 from iclprobe.patches import (
     _number_ended,
@@ -44,7 +46,8 @@ from iclprobe.patches import (
     source_states,
     target_path,
 )
-from iclprobe.patching import OUTCOMES, draw_pairs, run_patching
+from iclprobe.patching import OUTCOMES, draw_pairs, leading_runs, run_patching, windows
+from iclprobe.plots import patching as plot_patching
 from iclprobe.prompts import draw_examples, make_prompts
 from iclprobe.tokens import encode_answer
 from iclprobe.tree import ROOT, TokenTree
@@ -358,17 +361,10 @@ def test_the_table_has_one_row_per_pair_and_layer_and_consistent_outcomes():
     for row in table.iter_rows(named=True):
         value = parse_answer(row["greedy_text"], task)
         assert row["greedy_value"] == value
-        expected = next(
-            (
-                name
-                for name, y in zip(
-                    OUTCOMES, (row["y_task"], row["y_answer"], row["y_target_default"])
-                )
-                if value is not None and value == y
-            ),
-            "other",
-        )
+        ys = {"target": row["y_target_default"], "task": row["y_task"], "answer": row["y_answer"]}
+        expected = next((o for o in OUTCOMES[:3] if value is not None and value == ys[o]), "other")
         assert row["outcome"] == expected
+        assert row["default_distinct"] == (ys["target"] not in (ys["task"], ys["answer"]))
         assert row["p_task"] == pytest.approx(math.exp(row["logprob_task"]))
         assert row["relative_depth"] == row["layer"] / n_layers
         assert row["y_task"] == task.fn(row["x_target"])
@@ -403,3 +399,110 @@ def test_smollm2_negative_answers_leave_the_path(smollm2):
     result = results[0]
     assert (result.on_path[-8], result.on_path[15]) == (False, True)
     assert result.logprobs[-8] == [result.clean_logprobs[-8]] * 31
+
+
+# ---------------------------------------------------------------- settings, windows, figures
+
+
+def test_patching_settings_are_checked_before_any_job():
+    task = {"function": "x", "x_range": [0, 9], "n_examples": 5}
+    raw = {"models": {"m": {"path": "/nowhere"}}, "tasks": {"a": task}}
+    with pytest.raises(ConfigError, match="patching.pairs: 6 pairs need .* task 'a' has 5"):
+        load_settings({**raw, "patching": {"context_examples": 5, "pairs": 6}})
+    # The context is capped at the examples the task and its target have.
+    tasks = {"a": {**task, "patch_target": "b"}, "b": {**task, "n_examples": 3}}
+    settings = load_settings({**raw, "tasks": tasks, "patching": {"context_examples": 9}})
+    assert settings.patching.examples_for(settings.tasks["a"], settings.tasks["b"]) == 3
+    assert settings.patching.examples_for(settings.tasks["b"], None) == 3
+    with pytest.raises(ConfigError, match="patching.pairs: 8 pairs need .* the 3 context"):
+        load_settings({**raw, "tasks": tasks, "patching": {"pairs": 8}})
+    off = load_settings({**raw, "patching": {"enabled": False, "pairs": 60}})
+    assert off.patching.pairs == 60
+
+
+def _synthetic(n_layers: int = 4) -> pl.DataFrame:
+    """Three pairs of one model and task: the task leads at layers 1–2, the answer at 3–4.
+
+    Pair 3's target answers f(x_target) itself: its probabilities (0.9 everywhere)
+    must not enter the means.
+    """
+    rows = []
+    curves = {  # layer -> (p_task, p_answer, p_target_default) of pairs 1 and 2
+        0: (0.1, 0.01, 0.5),
+        1: (0.6, 0.01, 0.2),
+        2: (0.5, 0.1, 0.2),
+        3: (0.1, 0.6, 0.05),
+        4: (0.05, 0.7, 0.01),
+    }
+    for pair in (1, 2, 3):
+        for layer in range(n_layers + 1):
+            p_task, p_answer, p_default = curves[layer]
+            if pair == 3:
+                p_task = p_default = 0.9
+            outcome = ("target", "task", "task", "answer", "answer")[layer]
+            rows.append(
+                {
+                    "model": "m",
+                    "task": "t",
+                    "target_context": "identity",
+                    "replicate": 1,
+                    "pair": pair,
+                    "layer": layer,
+                    "n_layers": n_layers,
+                    "relative_depth": layer / n_layers,
+                    "p_task": p_task * (1.1 if pair == 2 else 1.0),
+                    "p_answer": p_answer,
+                    "p_target_default": p_default,
+                    "default_distinct": pair != 3,
+                    "outcome": "target" if pair == 3 else outcome,
+                    "first_outcome": "other" if layer == 0 else outcome,
+                    "source_p_answer": 0.8,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def test_windows_mark_where_the_task_and_where_the_answer_lead():
+    table = windows(_synthetic())
+    assert table["n_pairs"].to_list() == [2] * 5
+    assert table["p_task"][1] == pytest.approx((0.6 + 0.66) / 2)
+    assert table.filter("task_leads")["layer"].to_list() == [1, 2]
+    assert table.filter("answer_leads")["layer"].to_list() == [3, 4]
+    runs = leading_runs(table)
+    assert runs.select("first", "last").rows() == [(1, 2)]
+    assert leading_runs(table, "answer_leads").select("first", "last").rows() == [(3, 4)]
+
+
+def test_probability_figure_draws_the_means_of_pairs_with_three_answers():
+    fig = plot_patching.build_probabilities(_synthetic(), function="x")
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    color = next(h for h, t in zip(handles, labels) if t.startswith("P(f(x_target))")).get_color()
+    task = next(l for l in ax.get_lines() if len(l.get_xdata()) == 5 and l.get_color() == color)
+    assert list(task.get_ydata()) == pytest.approx([0.105, 0.63, 0.525, 0.105, 0.0525])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("Hendel et al. 2023" in t for t in legend)
+    assert any("layers 12–15 of 30" in t for t in legend)
+    assert "2 of 3 pairs" in ax.get_title()
+    plt.close(fig)
+
+
+def test_outcome_figure_stacks_shares_per_layer():
+    fig = plot_patching.build_outcomes(_synthetic(), function="x")
+    top = fig.axes[0]
+    heights = {}
+    for bars in top.containers:
+        heights[bars.get_label()] = [b.get_height() for b in bars]
+    assert heights["task: f(x_target)"] == pytest.approx([0, 2 / 3, 2 / 3, 0, 0])
+    totals = [sum(h[i] for h in heights.values()) for i in range(5)]
+    assert totals == pytest.approx([1.0] * 5)
+    plt.close(fig)
+
+
+def test_window_figure_places_layers_on_relative_depth():
+    fig = plot_patching.build_windows(windows(_synthetic()))
+    ax = fig.axes[0]
+    bars = [c for c in ax.collections if c.get_paths()]
+    starts = sorted(round(float(p.vertices[:, 0].min()), 3) for c in bars for p in c.get_paths())
+    assert starts == [round((layer - 0.5) / 4, 3) for layer in (1, 2, 3, 4)]
+    plt.close(fig)

@@ -186,6 +186,10 @@ class PairResult:
     logprobs: dict[int, list[float]]  # candidate y -> (L + 1) log P(y)
     clean_logprobs: dict[int, float]  # candidate y -> unpatched log P(y)
     on_path: dict[int, bool]  # candidate y -> its tokens pass through the patched position
+    # The greedy token right after the patched position, per layer (None where the
+    # greedy answer leaves the path before it), and each on-path candidate's token there.
+    first_tokens: list[int | None]
+    candidate_first: dict[int, int]
 
 
 @dataclass
@@ -221,6 +225,7 @@ class _Scored:
 
     logprobs: dict[int, list[float]]  # y -> per copy (layers 0…L, then clean)
     on_path: dict[int, bool]
+    first: dict[int, int]  # y on the path -> its token right after d
     greedy: dict[int, list[int]]  # layer -> tokens after d, up to the end of the answer
     open: dict[int, list[int]]  # layer -> tokens after d so far, the last one off every candidate
 
@@ -278,7 +283,8 @@ def _score(tree: TokenTree, t: _Target, task: Task, tokenizer, ys, budget: int) 
             tokens.append(int(fork.logits(tries[(layer, tuple(tokens))]).argmax()))
         done = ended(tokens) or len(tokens) >= budget
         (greedy if done else stuck)[layer] = tokens
-    return _Scored(logprobs, on_path, greedy, stuck)
+    first = {y: after[0] for y, after in afters.items()}
+    return _Scored(logprobs, on_path, first, greedy, stuck)
 
 
 def answer_budget(task: Task, ys: list[int]) -> int:
@@ -367,6 +373,8 @@ def patch_replicate(
                 logprobs={y: values[:n] for y, values in s.logprobs.items()},
                 clean_logprobs={y: values[n] for y, values in s.logprobs.items()},
                 on_path=s.on_path,
+                first_tokens=[None if g is None else g[0] for g in map(s.greedy.get, range(n))],
+                candidate_first=s.first,
             )
         )
     return results

@@ -12,8 +12,13 @@ this way a task vector):
 - `p_answer`: P(f(x_s)), the source's *answer* carried over;
 - `p_target_default`: P of what the unpatched target answers greedily;
 - `greedy_text` and `outcome`: the patched target's greedy answer, classed as
-  task / answer / target (its own default) / other, in that order of
-  precedence when two coincide.
+  target (its own default: nothing visible changed) / task / answer / other,
+  in that order of precedence when two coincide; `first_outcome` classes the
+  greedy token right after the patched position the same way (with one digit
+  per token, the first digit: a patch at one position can carry the source's
+  first digit while the positions after it, unpatched, write the rest);
+- `default_distinct`: the target's own answer differs from f(x_t) and f(x_s)
+  (or is no integer), so the three probabilities are of three answers.
 
 Probabilities are scored as the forward stage scores answers (`iclprobe.tokens`):
 the span from the whitespace before y through the terminator, teacher-forced.
@@ -58,7 +63,7 @@ from iclprobe.tokens import check_boundary
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("task", "answer", "target", "other")
+OUTCOMES = ("target", "task", "answer", "other")  # in order of precedence
 ZERO_SHOT = "zero_shot"
 
 # Recorded in the table's metadata, so that a reader knows what was swapped and scored.
@@ -68,7 +73,7 @@ PATCHING_CONVENTION = (
     "(for f(x_source)); probabilities scored teacher-forced over the answer span (whitespace "
     "before y through the terminator); a candidate whose tokens leave the target's path at or "
     "before the patched position keeps the unpatched target's probability; outcome precedence "
-    "task > answer > target > other"
+    "target (the unpatched answer) > task > answer > other"
 )
 
 
@@ -163,7 +168,7 @@ def run_patching(
     anatomy = anatomy_of(model)
     records = []
     counter = _TokenCounter(model)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     try:
         for n_rep, replicate in enumerate(replicates, start=1):
             sx, sy = _first_examples(source_prompts, replicate, context_examples)
@@ -181,16 +186,18 @@ def run_patching(
                 zip(sources, paths, results, strict=True), start=1
             ):
                 records.append(_record(replicate, n_pair, source, path, result))
-            elapsed = time.monotonic() - started
+            elapsed, used = time.monotonic() - started, time.process_time() - cpu
             log.info(
-                "replicate %d/%d: %d pairs × %d layers; %d tokens in %.1f s (%.0f tokens/s)",
+                "replicate %d/%d: %d pairs × %d layers; %d tokens in %.1f s wall, %.1f s CPU "
+                "(%.0f tokens per CPU second)",
                 n_rep,
                 len(replicates),
                 len(drawn),
                 anatomy.n_layers + 1,
                 counter.tokens,
                 elapsed,
-                counter.tokens / max(elapsed, 1e-9),
+                used,
+                counter.tokens / max(used, 1e-9),
             )
     finally:
         counter.close()
@@ -200,6 +207,7 @@ def run_patching(
 def _record(replicate, pair, source: SourceState, path: TargetPath, result: PairResult) -> dict:
     """Per-pair lists (one entry per layer); the table explodes them."""
     n = len(result.greedy_texts)
+    default = result.y_default
 
     def per_layer(y):
         return [None] * n if y is None else result.logprobs[y]
@@ -207,7 +215,17 @@ def _record(replicate, pair, source: SourceState, path: TargetPath, result: Pair
     def clean(y):
         return None if y is None else result.clean_logprobs[y]
 
-    default = result.y_default
+    # The greedy token after the patched position, classed like the whole answer.
+    named = [("target", default), ("task", path.y), ("answer", source.y)]
+    firsts = [
+        None
+        if token is None
+        else next(
+            (name for name, y in named if y is not None and result.candidate_first.get(y) == token),
+            "other",
+        )
+        for token in result.first_tokens
+    ]
     return {
         "replicate": replicate,
         "pair": pair,
@@ -221,6 +239,7 @@ def _record(replicate, pair, source: SourceState, path: TargetPath, result: Pair
         "logprob_answer": per_layer(source.y),
         "logprob_target_default": per_layer(default),
         "greedy_text": result.greedy_texts,
+        "first_outcome": firsts,
         "clean_logprob_task": clean(path.y),
         "clean_logprob_answer": clean(source.y),
         "clean_logprob_target_default": clean(default),
@@ -236,22 +255,33 @@ _NULLABLE = {
     "logprob_target_default": pl.List(pl.Float64),
     "clean_logprob_target_default": pl.Float64,
 }
-_PER_LAYER = ["layer", "logprob_task", "logprob_answer", "logprob_target_default", "greedy_text"]
+_PER_LAYER = [
+    "layer",
+    "logprob_task",
+    "logprob_answer",
+    "logprob_target_default",
+    "greedy_text",
+    "first_outcome",
+]
 _PROBABILITIES = ["task", "answer", "target_default"]
 
 
 def _table(records: list[dict], model_name: str, task: Task, target: Task | None, n_layers: int):
     """One row per (replicate, pair, layer): probabilities, greedy answer and its class."""
     value = pl.col("greedy_text").str.extract(answer_pattern(task)).cast(pl.Int64)
+    # The target's own answer first: where it coincides with f(x_t) or f(x_s), the
+    # patch changed nothing that could be seen.
     outcome = (
-        pl.when(value == pl.col("y_task"))
+        pl.when(value == pl.col("y_target_default"))
+        .then(pl.lit("target"))
+        .when(value == pl.col("y_task"))
         .then(pl.lit("task"))
         .when(value == pl.col("y_answer"))
         .then(pl.lit("answer"))
-        .when(value == pl.col("y_target_default"))
-        .then(pl.lit("target"))
         .otherwise(pl.lit("other"))
     )
+    default = pl.col("y_target_default")
+    distinct = default.is_null() | ((default != pl.col("y_task")) & (default != pl.col("y_answer")))
     probabilities = [
         pl.col(f"{stem}logprob_{what}").exp().alias(f"{stem}p_{what}")
         for stem in ("", "clean_")
@@ -270,7 +300,7 @@ def _table(records: list[dict], model_name: str, task: Task, target: Task | None
             pl.col("source_logprob_answer").exp().alias("source_p_answer"),
             *probabilities,
         )
-        .with_columns(value.alias("greedy_value"))
+        .with_columns(value.alias("greedy_value"), distinct.alias("default_distinct"))
         .with_columns(outcome.alias("outcome"))
         .select(
             "model",
@@ -292,6 +322,8 @@ def _table(records: list[dict], model_name: str, task: Task, target: Task | None
             "greedy_text",
             "greedy_value",
             "outcome",
+            "first_outcome",
+            "default_distinct",
             "clean_p_task",
             "clean_p_answer",
             "clean_p_target_default",
@@ -301,4 +333,60 @@ def _table(records: list[dict], model_name: str, task: Task, target: Task | None
             pl.col("^.*logprob.*$"),
         )
         .sort("replicate", "pair", "layer")
+    )
+
+
+# ------------------------------------------------------------------------ where the task leads
+
+# Where earlier work saw the task carried by the residual stream, as fractions of depth.
+HENDEL_2023 = (0.40, 0.45)  # task vectors in GPT-J and LLaMA-7B (Hendel et al. 2023)
+SEED_LAYERS = (12, 15, 30)  # the seed essay: layers 12–15 of SmolLM2's 30
+
+
+def windows(table: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task, layer): mean probabilities and which answer leads.
+
+    Means run over the pairs whose unpatched target answers something other
+    than f(x_t) and f(x_s) (`default_distinct`), so that the three probabilities
+    are of three answers. `task_leads`: mean p_task exceeds both mean p_answer
+    and mean p_target_default (or there is no target answer to exceed);
+    `answer_leads` likewise for p_answer.
+    """
+    keys = ["model", "task", "target_context", "layer", "n_layers", "relative_depth"]
+    means = (
+        table.filter("default_distinct")
+        .group_by(keys)
+        .agg(
+            pl.len().alias("n_pairs"),
+            pl.col("p_task", "p_answer", "p_target_default").mean(),
+            pl.col("source_p_answer").mean(),
+        )
+    )
+    default = pl.col("p_target_default")
+
+    def leads(this: str, other: str) -> pl.Expr:
+        return (pl.col(this) > pl.col(other)) & (default.is_null() | (pl.col(this) > default))
+
+    return means.with_columns(
+        leads("p_task", "p_answer").alias("task_leads"),
+        leads("p_answer", "p_task").alias("answer_leads"),
+    ).sort("model", "task", "layer")
+
+
+def leading_runs(windows_table: pl.DataFrame, column: str = "task_leads") -> pl.DataFrame:
+    """Contiguous runs of layers where `column` holds: model, task, first, last (layers)."""
+    return (
+        windows_table.sort("model", "task", "layer")
+        .with_columns(
+            (pl.col(column) != pl.col(column).shift(1).over("model", "task"))
+            .fill_null(True)
+            .cum_sum()
+            .over("model", "task")
+            .alias("run")
+        )
+        .filter(column)
+        .group_by("model", "task", "run", "n_layers")
+        .agg(pl.col("layer").min().alias("first"), pl.col("layer").max().alias("last"))
+        .drop("run")
+        .sort("model", "task", "first")
     )
