@@ -139,7 +139,7 @@ def build_probabilities(table: pl.DataFrame, function: str | None = None) -> Fig
         ax.legend(
             handles=[*handles, band, *_strips(ax, n_layers)],
             loc="upper center",
-            bbox_to_anchor=(0.5, -0.12),
+            bbox_to_anchor=(0.5, -0.14),
             fontsize="small",
             frameon=False,
         )
@@ -258,9 +258,10 @@ def build_windows(windows_table: pl.DataFrame) -> Figure:
             fontsize="small",
             frameon=False,
         )
-        ax.set_title(
-            "Residual-stream patching: where the task, where the answer transfers\n"
-            "(means over the pairs whose unpatched target answers neither)"
+        fig.suptitle(
+            "Residual-stream patching: where the task and where the answer transfer\n"
+            "(means over the pairs whose unpatched target answers neither)",
+            fontsize="medium",
         )
         fig.tight_layout()
         return fig
