@@ -383,6 +383,8 @@ def run_tree(
         **{_cache_argument(type(model)): copy.deepcopy(prefix.cache)},
     )
     return out.logits[0].float() if logits else None
+
+
 def _stopped(tokens: list[int], max_new_tokens: int, stop) -> bool:
     return len(tokens) >= max_new_tokens or bool(stop and stop(tokens))
 

@@ -23,6 +23,12 @@ i-th new node, in the order given.
 The tree keeps every node's keys and values, including in layers that attend
 within a sliding window; this is exact while every path (P + depth) fits in the
 window, which `add` checks.
+
+`iclprobe.prefix.run_tree` runs one such forest in a single pass over a
+prefix's cache and keeps nothing; a `TokenTree` keeps growing (its cache, its
+nodes' logits), which patching needs: one patched pass, then decoding steps
+and per-pair forks that continue from the patched nodes without running them
+again. Both build their masks with `prefix._tree_mask`.
 """
 
 from __future__ import annotations
@@ -32,17 +38,9 @@ import copy
 import torch
 from transformers import DynamicCache
 
-from iclprobe.prefix import _cache_argument, _returned_cache
+from iclprobe.prefix import _cache_argument, _returned_cache, _sliding_window, _tree_mask
 
 ROOT = -1
-
-
-def _sliding_window(model) -> int | None:
-    """The attention window of the model's sliding layers, if it has any."""
-    config = model.config
-    if "sliding_attention" not in (getattr(config, "layer_types", None) or []):
-        return None
-    return getattr(config, "sliding_window", None)
 
 
 class TokenTree:
@@ -114,12 +112,11 @@ class TokenTree:
         for i, line in enumerate(self.lines[first:]):
             allowed[i, line] = True
         allowed = torch.cat([torch.ones((n, self.prefix_length), dtype=torch.bool), allowed], 1)
-        mask = torch.zeros((1, 1, n, self.prefix_length + total), dtype=self.dtype)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)  # (1, 1, n, P + N)
+        mask = _tree_mask(allowed.to(self.device), self.dtype)  # (1, 1, n, P + N)
         positions = [self.prefix_length + d - 1 for d in depths]
         out = self.model(
             input_ids=torch.tensor([tokens], device=self.device),  # (1, n)
-            attention_mask=mask.to(self.device),
+            attention_mask=mask,
             position_ids=torch.tensor([positions], device=self.device),  # (1, n)
             use_cache=True,
             **{_cache_argument(type(self.model)): self.cache},
