@@ -152,6 +152,11 @@ class PatchingSettings:
     def replicates_for(self, task: Task) -> list[int]:
         return _first(self.replicates, task.replicates)
 
+    def examples_for(self, task: Task, target: Task | None) -> int:
+        """Context examples of the source and target prompts: at most as many as both have."""
+        have = [task.n_examples] + ([] if target is None else [target.n_examples])
+        return min(self.context_examples, *have)
+
 
 @dataclass(frozen=True)
 class Task:
@@ -169,6 +174,8 @@ class Task:
     control: str | None = None
     answer_low: int | None = None
     answer_high: int | None = None
+    # Only the patching stage reads this, so it is no part of as_params (editing it
+    # must not redraw the prompts); the patching rule passes it on by itself.
     patch_target: str | None = None
 
     @property
@@ -258,7 +265,6 @@ class Task:
             "answer_range": None
             if self.answer_low is None
             else [self.answer_low, self.answer_high],
-            "patch_target": self.patch_target,
         }
 
     @classmethod
@@ -387,6 +393,9 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
                 f"tasks.{name}.patch_target: {task.patch_target!r} is neither zero_shot nor "
                 f"another task of the config ({', '.join(t for t in tasks if t != name)})"
             )
+    patching = PatchingSettings(**raw["patching"])
+    if patching.enabled:
+        _check_patching(patching, tasks)
     return Settings(
         models=dict(raw["models"]),
         tasks=tasks,
@@ -409,7 +418,7 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
             else tuple(integers["candidate_range"]),
         ),
         heads=_heads_settings(raw["heads"], tasks),
-        patching=PatchingSettings(**raw["patching"]),
+        patching=patching,
     )
 
 
@@ -426,6 +435,19 @@ def _heads_settings(heads: dict[str, Any], tasks: dict[str, Task]) -> HeadsSetti
     )
     settings.check(tasks)
     return settings
+
+
+def _check_patching(patching: PatchingSettings, tasks: dict[str, Task]) -> None:
+    """Every task has enough x outside its context examples for its pairs."""
+    for name, task in tasks.items():
+        k = patching.examples_for(task, tasks.get(task.patch_target))
+        free = task.x_high - task.x_low + 1 - k
+        if patching.pairs > free:
+            raise ConfigError(
+                f"patching.pairs: {patching.pairs} pairs need as many x outside the {k} context "
+                f"examples, but task {name!r} has {free}; lower patching.pairs or "
+                "patching.context_examples"
+            )
 
 
 def _check_case_collisions(section: str, names) -> None:

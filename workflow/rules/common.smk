@@ -100,6 +100,31 @@ def heads_targets():
     )
 
 
+def patch_target_prompts(wildcards):
+    """The prompts whose examples the patching target shows, unless it is zero-shot."""
+    target = SETTINGS.tasks[wildcards.task].patch_target
+    return [] if target == "zero_shot" else f"results/prompts/{target}.parquet"
+
+
+def patching_targets():
+    """Patching tables and figures per model and task, and the cross-model windows."""
+    if not SETTINGS.patching.enabled:
+        return []
+    per_pair = expand(
+        [
+            "results/patching/{model}/{task}.parquet",
+            "results/figures/{model}/{task}/patching-probabilities.png",
+            "results/figures/{model}/{task}/patching-outcomes.png",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+    return per_pair + [
+        "results/patching_windows.parquet",
+        "results/figures/patching_windows.png",
+    ]
+
+
 def all_outputs():
     per_pair = expand(
         [
@@ -122,7 +147,7 @@ def all_outputs():
         "results/tables/bayes_summary.html",
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
-    stages = probe_targets() + lens_targets() + heads_targets()
+    stages = probe_targets() + lens_targets() + heads_targets() + patching_targets()
     return per_pair + figures + tables + cross + stages
 
 
