@@ -16,7 +16,7 @@ import torch
 from conftest import TINY_CONFIGS, tiny_model
 from iclprobe.anatomy import UnsupportedArchitectureError, anatomy_of
 from iclprobe.hooks import capture_branches, capture_heads, capture_residual, edit_residual
-from iclprobe.prefix import encode_prefix, greedy, run_suffixes, suffix_logprobs
+from iclprobe.prefix import encode_prefix, greedy, greedy_from, run_suffixes, suffix_logprobs
 from iclprobe.readout import freeze_final_norm, readout
 
 VOCAB = 40
@@ -151,6 +151,46 @@ def test_greedy_over_a_shared_prefix_equals_generate(arch_model):
             start, attention_mask=torch.ones_like(start), max_new_tokens=4, do_sample=False
         )[0, start.shape[1] :]
         assert tokens == expected.tolist()
+
+
+def _plain_greedy(model, start: list[int], n: int) -> list[int]:
+    """Reference: n greedy tokens after `start`, one full pass per token, no cache.
+
+    (`generate` would stop at the tiny models' EOS, token 0, which they may predict.)
+    """
+    ids = list(start)
+    for _ in range(n):
+        ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(start) :]
+
+
+@torch.no_grad()
+def test_greedy_branching_off_a_run_equals_generate(arch_model):
+    _, model = arch_model
+    ids = _ids(16)[0].tolist()
+    prefix_ids, tails = ids[:8], [ids[8:14], ids[8:10], ids[8:12]]  # padded rows
+    prefix = encode_prefix(model, prefix_ids)
+    # Row 2 branches mid-suffix, row 0 right after the prefix, row 1 after its last token
+    # (into a pad slot); each feeds its own token there and decodes on.
+    rows, cut, fed = [2, 0, 1], [2, 0, 2], [4, 5, 7]
+    run = run_suffixes(model, prefix, tails)
+    got = greedy_from(model, prefix, run, rows, cut, [[11, t] for t in fed], max_new_tokens=5)
+    for row, c, token, tokens in zip(rows, cut, fed, got, strict=True):
+        assert tokens == [
+            11,
+            token,
+            *_plain_greedy(model, prefix_ids + tails[row][:c] + [token], 3),
+        ]
+
+    # Rows that stop at different steps (here after 2, 3 and 5 tokens) leave the batch.
+    def stop(tokens):
+        return len(tokens) >= tokens[0] % 4 + 2
+
+    run = run_suffixes(model, prefix, tails)
+    got = greedy_from(model, prefix, run, rows, cut, [[t] for t in fed], 8, stop=stop)
+    for row, c, token, tokens in zip(rows, cut, fed, got, strict=True):
+        n = token % 4 + 1
+        assert tokens == [token, *_plain_greedy(model, prefix_ids + tails[row][:c] + [token], n)]
 
 
 @torch.no_grad()

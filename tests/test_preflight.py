@@ -35,7 +35,7 @@ def _prepared(folder, tokenizer, window=1024, vocab=None):
 
 
 def _settings(tasks: dict, **extra) -> object:
-    """Settings for `tasks`; patching is off (its default context needs 11 examples)."""
+    """Settings for `tasks`; patching is off (its 8 pairs need more x than these tasks have)."""
     raw = {"models": {"m": {"path": "/unused"}}, "tasks": tasks, "patching": {"enabled": False}}
     return load_settings({**raw, **extra})
 

@@ -48,8 +48,6 @@ def small_config(model: dict, replicates: int = 2, n_examples: int = 6) -> dict:
         "replicates": replicates,
         "forward": {"batch_size": 2, "threads": 2},
         "bayes": {"n_boot": 20},
-        # Patching's context must leave an example to patch at (default 10).
-        "patching": {"context_examples": min(10, n_examples - 1)},
     }
 
 

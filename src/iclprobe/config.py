@@ -106,12 +106,40 @@ class HeadsSettings:
     examples: tuple[int | str, ...]
     replicates: int | None
     causal: bool
+    causal_examples: tuple[int | str, ...]
+    causal_replicates: int | None
+    batch_rows: int
 
     def examples_for(self, task: Task) -> list[int]:
-        return _examples(self.examples, task.n_examples)
+        """Examples attributed: the configured ones and, with mean-ablation, its ones."""
+        wanted = self.examples + (self.causal_examples if self.causal else ())
+        return _examples(wanted, task.n_examples)
 
     def replicates_for(self, task: Task) -> list[int]:
         return _first(self.replicates, task.replicates)
+
+    def causal_examples_for(self, task: Task) -> list[int]:
+        return _examples(self.causal_examples, task.n_examples) if self.causal else []
+
+    def causal_replicates_for(self, task: Task) -> list[int]:
+        """The first N of the attribution's replicates (their means are taken over those)."""
+        if not self.causal:
+            return []
+        return _first(self.causal_replicates, len(self.replicates_for(task)))
+
+    def check(self, tasks: dict[str, Task]) -> None:
+        """Mean-ablation takes a leave-one-out mean over replicates: it needs two."""
+        if not (self.enabled and self.causal):
+            return
+        for name, task in tasks.items():
+            n = len(self.replicates_for(task))
+            if n < 2:
+                raise ConfigError(
+                    f"heads.causal is enabled but task {name!r} has {n} replicate for the heads "
+                    f"stage (heads.replicates: {self.replicates}, replicates: {task.replicates}); "
+                    "mean-ablation replaces a head by its mean over the other replicates, so it "
+                    "needs at least 2 (or set heads.causal.enabled: false)"
+                )
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,11 @@ class PatchingSettings:
 
     def replicates_for(self, task: Task) -> list[int]:
         return _first(self.replicates, task.replicates)
+
+    def examples_for(self, task: Task, target: Task | None) -> int:
+        """Context examples of the source and target prompts: at most as many as both have."""
+        have = [task.n_examples] + ([] if target is None else [target.n_examples])
+        return min(self.context_examples, *have)
 
 
 @dataclass(frozen=True)
@@ -141,6 +174,8 @@ class Task:
     control: str | None = None
     answer_low: int | None = None
     answer_high: int | None = None
+    # Only the patching stage reads this, so it is no part of as_params (editing it
+    # must not redraw the prompts); the patching rule passes it on by itself.
     patch_target: str | None = None
 
     @property
@@ -230,7 +265,6 @@ class Task:
             "answer_range": None
             if self.answer_low is None
             else [self.answer_low, self.answer_high],
-            "patch_target": self.patch_target,
         }
 
     @classmethod
@@ -380,7 +414,7 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
             if integers["candidate_range"] is None
             else tuple(integers["candidate_range"]),
         ),
-        heads=HeadsSettings(**{**raw["heads"], "examples": tuple(raw["heads"]["examples"])}),
+        heads=_heads_settings(raw["heads"], tasks),
         patching=PatchingSettings(**raw["patching"]),
     )
     check_consistency(settings)
@@ -417,8 +451,8 @@ def check_consistency(settings: Settings) -> None:
                     f"{stage}.examples: none of {list(section.examples)} is within {where}'s "
                     f"{task.n_examples} examples; add `last` or a smaller example"
                 )
-        if settings.patching.enabled:
-            _check_patching(settings, task)
+    if settings.patching.enabled:
+        _check_patching(settings.patching, settings.tasks)
     if lens.enabled and lens.integers and lens.candidate_range is not None:
         low, high = lens.candidate_range
         if low > high:
@@ -427,25 +461,32 @@ def check_consistency(settings: Settings) -> None:
             )
 
 
-def _check_patching(settings: Settings, task: Task) -> None:
-    """The source prompt is a replicate's first `context_examples` examples and a query."""
-    context = settings.patching.context_examples
-    where = f"tasks.{task.name}"
-    if context >= task.n_examples:
-        raise ConfigError(
-            f"patching.context_examples: {context} leaves no example of {where} "
-            f"({task.n_examples} examples) to patch at; use at most {task.n_examples - 1} "
-            "or set patching.enabled: false"
-        )
-    # A pair needs two different query x, neither among the context's x.
-    free = len(task.xs) - context
-    if settings.patching.pairs > free * (free - 1):
-        raise ConfigError(
-            f"patching.pairs: {settings.patching.pairs} pairs of different x (x_source, "
-            f"x_target) outside a context of {context} examples do not exist in {where}."
-            f"x_range [{task.x_low}, {task.x_high}] ({max(free * (free - 1), 0)} do); "
-            "lower patching.pairs or widen x_range"
-        )
+def _heads_settings(heads: dict[str, Any], tasks: dict[str, Task]) -> HeadsSettings:
+    causal = heads["causal"]
+    settings = HeadsSettings(
+        enabled=heads["enabled"],
+        examples=tuple(heads["examples"]),
+        replicates=heads["replicates"],
+        causal=causal["enabled"],
+        causal_examples=tuple(causal["examples"]),
+        causal_replicates=causal["replicates"],
+        batch_rows=causal["batch_rows"],
+    )
+    settings.check(tasks)
+    return settings
+
+
+def _check_patching(patching: PatchingSettings, tasks: dict[str, Task]) -> None:
+    """Every task has enough x outside its context examples for its pairs."""
+    for name, task in tasks.items():
+        k = patching.examples_for(task, tasks.get(task.patch_target))
+        free = task.x_high - task.x_low + 1 - k
+        if patching.pairs > free:
+            raise ConfigError(
+                f"patching.pairs: {patching.pairs} pairs need as many x outside the {k} context "
+                f"examples, but task {name!r} has {free}; lower patching.pairs or "
+                "patching.context_examples"
+            )
 
 
 def _check_case_collisions(section: str, names) -> None:

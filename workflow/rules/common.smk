@@ -90,6 +90,62 @@ def control_surprisal(wildcards):
     return f"results/surprisal/{wildcards.model}/{control}.parquet"
 
 
+def probe_targets():
+    """The probe's table and figure for every model and task (none when switched off)."""
+    if not SETTINGS.probe.enabled:
+        return []
+    return expand(
+        [
+            "results/probe/{model}/{task}.parquet",
+            "results/figures/{model}/{task}/probe.png",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+
+
+def heads_targets():
+    """The heads tables and figures, when the stage is enabled."""
+    if not SETTINGS.heads.enabled:
+        return []
+    figures = ["heads-direct"]
+    if SETTINGS.heads.causal:
+        figures += ["heads-causal", "heads-direct-vs-causal"]
+    return expand(
+        "results/heads/{model}/{task}.parquet", model=MODELS, task=TASKS
+    ) + expand(
+        "results/figures/{model}/{task}/{figure}.png",
+        model=MODELS,
+        task=TASKS,
+        figure=figures,
+    )
+
+
+def patch_target_prompts(wildcards):
+    """The prompts whose examples the patching target shows, unless it is zero-shot."""
+    target = SETTINGS.tasks[wildcards.task].patch_target
+    return [] if target == "zero_shot" else f"results/prompts/{target}.parquet"
+
+
+def patching_targets():
+    """Patching tables and figures per model and task, and the cross-model windows."""
+    if not SETTINGS.patching.enabled:
+        return []
+    per_pair = expand(
+        [
+            "results/patching/{model}/{task}.parquet",
+            "results/figures/{model}/{task}/patching-probabilities.png",
+            "results/figures/{model}/{task}/patching-outcomes.png",
+        ],
+        model=MODELS,
+        task=TASKS,
+    )
+    return per_pair + [
+        "results/patching_windows.parquet",
+        "results/figures/patching_windows.png",
+    ]
+
+
 def all_outputs():
     per_pair = expand(
         [
@@ -112,4 +168,61 @@ def all_outputs():
         "results/tables/bayes_summary.html",
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
-    return per_pair + figures + tables + cross
+    stages = probe_targets() + lens_targets() + heads_targets() + patching_targets()
+    return per_pair + figures + tables + cross + stages
+
+
+# ---------------------------------------------------------------- logit lens
+# Figure name -> (file under results/figures/{model}/{task}/, whether it needs lens_integers).
+LENS_FIGURES = {
+    "top_tokens": ("lens-top-tokens", False),
+    "top_tokens_mean": ("lens-top-tokens-mean", False),
+    "numeric_mass": ("lens-numeric-mass", False),
+    "integers": ("lens-integers", True),
+    "integers_mean": ("lens-integers-mean", True),
+}
+
+
+def lens_tables(model, task):
+    """The lens rule's tables: `lens_integers` only while the integer lens is enabled."""
+    tables = {"lens": f"results/lens/{model}/{task}.parquet"}
+    if SETTINGS.lens.integers:
+        tables["integers"] = f"results/lens_integers/{model}/{task}.parquet"
+    return tables
+
+
+def lens_integer_replicates(task):
+    if not SETTINGS.lens.integers:
+        return []
+    return SETTINGS.lens.integer_replicates_for(SETTINGS.tasks[task])
+
+
+def lens_figures():
+    """The lens figures as report items, keyed by the names the figure script uses."""
+    return {
+        name: report(
+            f"results/figures/{{model}}/{{task}}/{file}.png",
+            caption=f"../report/{file}.rst",
+            category="Logit lens",
+            subcategory="{model}",
+            labels={"model": "{model}", "task": "{task}", "figure": file},
+        )
+        for name, (file, integers) in LENS_FIGURES.items()
+        if SETTINGS.lens.integers or not integers
+    }
+
+
+def lens_targets():
+    if not SETTINGS.lens.enabled:
+        return []
+    tables = [
+        path for m in MODELS for t in TASKS for path in lens_tables(m, t).values()
+    ]
+    figures = [
+        f"results/figures/{m}/{t}/{file}.png"
+        for m in MODELS
+        for t in TASKS
+        for file, integers in LENS_FIGURES.values()
+        if SETTINGS.lens.integers or not integers
+    ]
+    return tables + figures
