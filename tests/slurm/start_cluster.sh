@@ -14,6 +14,8 @@ fi
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null \
     || ! command -v mariadbd >/dev/null; then
+    # A clean machine may have no package lists yet.
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
         slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
