@@ -14,6 +14,8 @@ fi
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null \
     || ! command -v mariadbd >/dev/null; then
+    # A clean machine may have no package lists yet.
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
         slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
@@ -82,7 +84,9 @@ running munged || runuser -u munge -- /usr/sbin/munged
 wait_for 10 munge munge -n
 
 chown mysql:mysql /run/mysqld
-running mariadbd || (mysqld_safe >/var/log/slurm/mariadb.log 2>&1 &)
+# setsid: in a session of its own, as the other daemons put themselves, so that a
+# signal to the caller's process group (a CI timeout, Ctrl-C) does not stop MariaDB.
+running mariadbd || (setsid mysqld_safe </dev/null >/var/log/slurm/mariadb.log 2>&1 &)
 wait_for 30 MariaDB mysqladmin ping
 mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
