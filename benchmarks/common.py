@@ -257,8 +257,13 @@ def fmt(value: Any) -> str:
             return f"{value:.3g}"
         return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, bool):
-        return "yes" if value else "NO"
+        return "yes" if value else "no"
     return str(value)
+
+
+def verdict(met: bool) -> str:
+    """A target column: a miss stands out."""
+    return "yes" if met else "NO"
 
 
 def table(title: str, columns: list[str], rows: list[dict[str, Any]], notes: list[str] = ()):
