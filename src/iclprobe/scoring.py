@@ -53,16 +53,23 @@ class AnswerScore:
 def _logits_at(model, ids, mask, positions: list[int]) -> torch.Tensor:
     """Logits at `positions` only (the unembedding of a 49k vocabulary is costly).
 
-    Architectures without `logits_to_keep` get the full logits, then indexed.
+    No KV cache is built: nothing decodes after this pass. Architectures
+    without `logits_to_keep` get the full logits, then indexed.
     """
     try:
         keep = torch.tensor(positions, device=ids.device)
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        return model(
+            input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False
+        ).logits
     except TypeError:
         return model(input_ids=ids, attention_mask=mask).logits[:, positions]
 
 
-@torch.no_grad()
+# inference_mode: no autograd bookkeeping at all (no_grad still tracks versions).
+# Neither it nor use_cache=False moved SmolLM2's CPU speed beyond noise (±5 %,
+# benchmarks/forward_limit.py); not building the cache saves its memory
+# (2 · layers · tokens · kv_heads · head_dim floats: ~90 MB for 8 × 236 tokens).
+@torch.inference_mode()
 def score_batch(model, batch: list[EncodedSequence], pad_id: int, top_k: int):
     """One forward pass over right-padded sequences; returns AnswerScores per sequence."""
     device = next(model.parameters()).device
