@@ -477,7 +477,9 @@ def test_probability_figure_draws_the_means_of_pairs_with_three_answers():
     fig = plot_patching.build_probabilities(_synthetic(), function="x")
     ax = fig.axes[0]
     handles, labels = ax.get_legend_handles_labels()
-    color = next(h for h, t in zip(handles, labels) if t.startswith("P(f(x_target))")).get_color()
+    color = next(
+        h for h, t in zip(handles, labels, strict=True) if t.startswith("P(f(x_target))")
+    ).get_color()
     task = next(l for l in ax.get_lines() if len(l.get_xdata()) == 5 and l.get_color() == color)
     assert list(task.get_ydata()) == pytest.approx([0.105, 0.63, 0.525, 0.105, 0.0525])
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

@@ -60,7 +60,7 @@ def test_single_pass_matches_one_pass_per_prefix(make_tokenizer, make_model, sin
     sizes = {len(t) for s in seqs for t in s.answer_tokens}
     assert sizes == {2} if single_token else max(sizes) >= 3
     scores = score_sequences(model, tokenizer, seqs, batch_size=3)
-    for seq, seq_scores in zip(seqs, scores):
+    for seq, seq_scores in zip(seqs, scores, strict=True):
         expected = per_prefix_logprobs(model, seq)
         got = [s.logprob for s in seq_scores]
         assert got == pytest.approx(expected, abs=TOL)
@@ -74,8 +74,8 @@ def test_batch_of_eight_equals_batch_of_one():
     assert len({len(s.input_ids) for s in seqs}) > 1
     one = score_sequences(model, tokenizer, seqs, batch_size=1)
     eight = score_sequences(model, tokenizer, seqs, batch_size=8)
-    for a_seq, b_seq in zip(one, eight):
-        for a, b in zip(a_seq, b_seq):
+    for a_seq, b_seq in zip(one, eight, strict=True):
+        for a, b in zip(a_seq, b_seq, strict=True):
             assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=BATCH_TOL)
             assert a.greedy_ids == b.greedy_ids
 
@@ -147,7 +147,7 @@ def test_real_model_single_pass_matches_per_prefix(smollm2):
     task = _task(function="x", x_high=99, n_examples=5, template="({x}, {y})")
     seqs = _encoded(tokenizer, task, replicates=[1, 2])
     scores = score_sequences(model, tokenizer, seqs, batch_size=2)
-    for seq, seq_scores in zip(seqs, scores):
+    for seq, seq_scores in zip(seqs, scores, strict=True):
         # SmolLM2 splits digits and writes the terminator as "),".
         assert [tokenizer.decode(seq.input_ids[t]) for t in seq.answer_tokens[0]][-1] == "),"
         expected = per_prefix_logprobs(model, seq)
@@ -171,5 +171,5 @@ def test_models_without_logits_to_keep_give_the_same_logprobs():
     seqs = _encoded(tokenizer, _task(), replicates=range(1, 4))
     kept = score_sequences(model, tokenizer, seqs, batch_size=3)
     full = score_sequences(_WithoutLogitsToKeep(model), tokenizer, seqs, batch_size=3)
-    for a_seq, b_seq in zip(kept, full):
+    for a_seq, b_seq in zip(kept, full, strict=True):
         assert [a.logprob for a in a_seq] == pytest.approx([b.logprob for b in b_seq], abs=TOL)

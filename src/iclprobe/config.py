@@ -545,7 +545,9 @@ def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
     if answer is not None:
         if answer[0] > answer[1]:
             raise ConfigError(f"{where}.answer_range: {answer} is empty; write [low, high]")
-        outside = [(x, y) for x, y in zip(task.xs, ys) if not answer[0] <= y <= answer[1]]
+        outside = [
+            (x, y) for x, y in zip(task.xs, ys, strict=True) if not answer[0] <= y <= answer[1]
+        ]
         if outside:
             x, y = outside[0]
             raise ConfigError(

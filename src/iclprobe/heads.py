@@ -409,7 +409,9 @@ def _check_decisions(replicates, encoded, forward: pl.DataFrame) -> None:
     """Our decision positions must be the forward stage's: the same tokens were scored."""
     ours = pl.DataFrame(
         {
-            "replicate": [r for r, seq in zip(replicates, encoded) for _ in seq.decision],
+            "replicate": [
+                r for r, seq in zip(replicates, encoded, strict=True) for _ in seq.decision
+            ],
             "example": [i for seq in encoded for i in range(1, len(seq.decision) + 1)],
             "ours": [d for seq in encoded for d in seq.decision],
         }

@@ -243,7 +243,9 @@ def _score(tree: TokenTree, t: _Target, task: Task, tokenizer, ys, budget: int) 
                 f"task {task.name!r}: {t.path.context[-30:]!r} tokenizes differently before "
                 f"the answer {y} than before {t.path.y}; the two cannot share a patch"
             )
-        split = next((i for i, (a, c) in enumerate(zip(answer.ids, ids)) if a != c), len(ids))
+        split = next(
+            (i for i, (a, c) in enumerate(zip(answer.ids, ids, strict=False)) if a != c), len(ids)
+        )
         on_path[y] = split > d
         end = answer.span[-1] + 1
         if on_path[y]:

@@ -361,7 +361,9 @@ def run_tree(
             depth.append(depth[parent] + 1)
             allowed[i] = allowed[parent]
         allowed[i, p_len + i] = True
-    positions = torch.tensor([c + d - 1 for c, d in zip(sees, depth)], device=device)  # (N,)
+    positions = torch.tensor(
+        [c + d - 1 for c, d in zip(sees, depth, strict=True)], device=device
+    )  # (N,)
     dtype = next(model.parameters()).dtype
     mask = _tree_mask(allowed, dtype)
     window = _sliding_window(model)

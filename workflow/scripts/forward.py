@@ -2,7 +2,7 @@
 
 import torch
 
-from iclprobe.config import Task
+from iclprobe.config import Task, load_settings
 from iclprobe.forward import SCORING_CONVENTION, run_forward
 from iclprobe.io import read_metadata, read_table, write_table
 from iclprobe.logs import to_rule_log
@@ -10,7 +10,9 @@ from iclprobe.models import load_prepared
 
 to_rule_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-forward_config = snakemake.config.get("forward", {})
+# forward.batch_size is not a param: it moves log-probs by at most
+# scoring.BATCH_BOUND_NATS, so changing it does not rerun the job.
+settings = load_settings(snakemake.config, check_schema=False)
 model, tokenizer, info = load_prepared(
     snakemake.input.model, dtype=snakemake.params.dtype, device=snakemake.params.device
 )
@@ -22,7 +24,7 @@ table = run_forward(
     model_name=snakemake.wildcards.model,
     task=Task.from_params(prompt_metadata["task"]),
     max_positions=info["max_positions"],
-    batch_size=forward_config.get("batch_size", 8),
+    batch_size=settings.forward.batch_size,
     top_k=snakemake.params.top_k,
 )
 metadata = {**prompt_metadata, "model": info, "scoring": SCORING_CONVENTION}

@@ -273,7 +273,7 @@ def task_figures(
     model, task = _ids(surprisal)
     row_bayes = bayes.filter((pl.col("model") == model) & (pl.col("task") == task))
     out = Path(out_dir)
-    paths = dict(zip(TASK_FIGURES, (out / name for name in TASK_FIGURES)))
+    paths = dict(zip(TASK_FIGURES, (out / name for name in TASK_FIGURES), strict=True))
     return [
         lm_surprisal(surprisal, row_bayes, paths["lm-surprisal.png"], control, method, function),
         lm_prior(surprisal, row_bayes, paths["lm-prior.png"], control, method, function),
@@ -308,7 +308,7 @@ def _legend_data(axes) -> dict:
     """Handles by label over all panels (a model may be missing from one method's panel)."""
     data: dict = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             data.setdefault(label, handle)
     return data
 
