@@ -48,6 +48,11 @@ def test_report_holds_every_figure_and_table_with_a_caption(tiny_run):
     page = base64.b64decode(bayes["data_uri"].split("base64,", 1)[1]).decode()
     for task in ("identity", "double", "double_shuffled"):
         assert f"<td>{task}</td>" in page
+    # One summary per analysis stage the run made, each with a row per task.
+    for stage in ("probe", "lens", "heads", "patching"):
+        record = records[f"results/tables/{stage}_summary.html"]
+        page = base64.b64decode(record["data_uri"].split("base64,", 1)[1]).decode()
+        assert "<td>double_shuffled</td>" in page, stage
     # The workflow page is rendered from the config that ran: its tasks and scoring convention
     # (the page is embedded as a JSON-escaped string).
     for text in ("Scoring convention", "<td>double_shuffled</td>", "2*x", r"0 \u2026 40"):

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from iclprobe.io import atomic_output
+from iclprobe.patching import leading_runs
 
 LN2 = math.log(2)
 
@@ -70,6 +71,121 @@ def bayes_summary(bayes: pl.DataFrame) -> pl.DataFrame:
     return bayes.select(c for c in wanted if c in bayes.columns).sort("model", "task", "method")
 
 
+def probe_summary(probe: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task, k): how often the model writes f(x), writes an integer at all,
+    or copies a y its context showed, and the mean P(f(x)), over every query x."""
+    return (
+        probe.group_by("model", "task", "k")
+        .agg(
+            pl.len().alias("queries"),
+            (pl.col("y_pred") == pl.col("y_true")).fill_null(False).mean().alias("exact"),
+            pl.col("y_pred").is_not_null().mean().alias("writes an integer"),
+            pl.col("y_pred_in_context").mean().alias("copies a shown y"),
+            pl.col("p_correct").mean().alias("mean P(f(x))"),
+        )
+        .sort("model", "task", "k")
+    )
+
+
+def lens_summary(lens: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task): the first layer whose top-1 token is a number, and the first at
+    which the correct answer's first token ranks 1, as median and range over positions."""
+    top = lens.filter(pl.col("rank") == 1)
+    per_position = top.group_by("model", "task", "replicate", "example").agg(
+        pl.col("first_numeric_layer").first(),
+        pl.col("layer").filter(pl.col("answer_rank") == 1).min().alias("first_answer_layer"),
+        pl.col("layer").max().alias("layers"),
+    )
+
+    def spread(column: str, name: str) -> list[pl.Expr]:
+        c = pl.col(column)
+        return [
+            c.median().alias(f"{name} (median)"),
+            pl.format("{}–{}", c.min(), c.max()).alias(f"{name} (range)"),
+            c.is_null().mean().alias(f"{name}: share never"),
+        ]
+
+    return (
+        per_position.group_by("model", "task")
+        .agg(
+            pl.len().alias("positions"),
+            pl.col("layers").max(),
+            *spread("first_numeric_layer", "first numeric layer"),
+            *spread("first_answer_layer", "first layer with f(x) top-1"),
+        )
+        .sort("model", "task")
+    )
+
+
+def _ranked(frame: pl.DataFrame, value: str, descending: bool, n: int) -> pl.DataFrame:
+    """The n heads with the largest (or smallest) mean `value`, as 'layer.head (value)'."""
+    return (
+        frame.sort(value, descending=descending)
+        .group_by("model", "task", maintain_order=True)
+        .head(n)
+        .group_by("model", "task", maintain_order=True)
+        .agg(
+            pl.format("{}.{} ({})", "layer", "head", pl.col(value).round(3))
+            .str.join(", ")
+            .alias(value)
+        )
+    )
+
+
+def heads_summary(heads: pl.DataFrame, n: int = 3) -> pl.DataFrame:
+    """Per (model, task): the heads that write most of the answer's logit (mean direct
+    contribution at the decision position) and, where ablations ran, the heads whose
+    mean-ablation lowers P(answer) most."""
+    per_head = (
+        heads.filter(pl.col("component") == "head")
+        .group_by("model", "task", "layer", "head")
+        .agg(pl.col("contribution").mean(), pl.col("effect").mean())
+    )
+    out = _ranked(per_head, "contribution", True, n).rename(
+        {"contribution": f"top {n} direct (logit)"}
+    )
+    ablated = per_head.filter(pl.col("effect").is_not_null())
+    if ablated.height:
+        hurt = _ranked(ablated, "effect", False, n).rename({"effect": f"top {n} ablation (ΔP)"})
+        out = out.join(hurt, on=["model", "task"], how="left")
+    return out.sort("model", "task")
+
+
+def _runs(windows: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Contiguous layer runs where `column` holds, joined as '21–23, 25' per (model, task)."""
+    runs = leading_runs(windows, column)
+    return runs.group_by("model", "task").agg(
+        pl.when(pl.col("first") == pl.col("last"))
+        .then(pl.col("first").cast(pl.String))
+        .otherwise(pl.format("{}–{}", "first", "last"))
+        .sort_by("first")
+        .str.join(", ")
+        .alias(column.replace("_", " "))
+    )
+
+
+def patching_summary(windows: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task): the layers at which patching in the source's stream makes the target
+    answer the source's task (task leads) or the source's answer (answer leads), and the
+    largest mean P(f(x_target)) with its layer."""
+    best = (
+        windows.sort("p_task", descending=True)
+        .group_by("model", "task", maintain_order=True)
+        .first()
+        .select(
+            "model",
+            "task",
+            "n_layers",
+            pl.col("p_task").alias("max mean p_task"),
+            pl.col("layer").alias("at layer"),
+            pl.col("source_p_answer").alias("source P(own answer)"),
+        )
+    )
+    for column in ("task_leads", "answer_leads"):
+        best = best.join(_runs(windows, column), on=["model", "task"], how="left")
+    return best.sort("model", "task")
+
+
 def _cell(value) -> str:
     if value is None:
         return "—"
@@ -103,3 +219,49 @@ p {{ max-width: 60em; }}
     with atomic_output(path, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+# Stage -> (summary function, page title, what the columns mean).
+STAGE_SUMMARIES = {
+    "probe": (
+        probe_summary,
+        "Probe: what the model writes after k examples",
+        (
+            "Over every query x of the task's range and the probed replicates. exact: share of "
+            "queries answered with f(x); writes an integer: share answered with an integer "
+            "followed by the terminator; copies a shown y: share answered with a y one of the k "
+            "examples showed; mean P(f(x)): mean probability of the correct answer span."
+        ),
+    ),
+    "lens": (
+        lens_summary,
+        "Logit lens: where a number, and the answer, first come out on top",
+        (
+            "Over the lens's read positions (the token before each answer). Layer 0 is the "
+            "embedding, layer L the model's output. first numeric layer: the first layer whose "
+            "top-1 token is a number; first layer with f(x) top-1: the first at which the correct "
+            "answer's first token ranks 1; share never: positions where no layer does."
+        ),
+    ),
+    "heads": (
+        heads_summary,
+        "Heads: who writes the answer",
+        (
+            "Heads named layer.head. Direct: mean contribution to the answer token's centred "
+            "logit at the decision position (logits). Ablation: mean change of P(answer span) when "
+            "the head's output there is replaced by its mean over other replicates (negative: the "
+            "head helps)."
+        ),
+    ),
+    "patching": (
+        patching_summary,
+        "Patching: where the task, and where the answer, live",
+        (
+            "The source prompt's residual stream at one layer replaces the target's at the "
+            "decision position. task leads: layers where the target then most often answers the "
+            "source's task applied to its own x (mean P above the source's answer and the target's "
+            "own); answer leads: layers where it most often copies the source's answer; empty: no "
+            "such layer. source P(own answer): how well the source itself does its task."
+        ),
+    ),
+}

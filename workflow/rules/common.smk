@@ -169,7 +169,30 @@ def all_outputs():
     ]
     cross = ["results/figures/c_by_model_and_task.png"]
     stages = probe_targets() + lens_targets() + heads_targets() + patching_targets()
-    return per_pair + figures + tables + cross + stages
+    summaries = expand("results/tables/{stage}_summary.html", stage=enabled_stages())
+    return per_pair + figures + tables + cross + stages + summaries
+
+
+def enabled_stages():
+    """The analysis stages this config runs, in the report's order."""
+    stages = {
+        "probe": SETTINGS.probe.enabled,
+        "lens": SETTINGS.lens.enabled,
+        "heads": SETTINGS.heads.enabled,
+        "patching": SETTINGS.patching.enabled,
+    }
+    return [stage for stage, enabled in stages.items() if enabled]
+
+
+def stage_summary_inputs(wildcards):
+    """The tables a stage's summary reads: its per-(model, task) tables, or patching's windows."""
+    if wildcards.stage == "patching":
+        return ["results/patching_windows.parquet"]
+    return expand(
+        f"results/{wildcards.stage}/{{model}}/{{task}}.parquet",
+        model=MODELS,
+        task=TASKS,
+    )
 
 
 # ---------------------------------------------------------------- logit lens
@@ -203,7 +226,7 @@ def lens_figures():
         name: report(
             f"results/figures/{{model}}/{{task}}/{file}.png",
             caption=f"../report/{file}.rst",
-            category="Logit lens",
+            category="3. Logit lens",
             subcategory="{model}",
             labels={"model": "{model}", "task": "{task}", "figure": file},
         )

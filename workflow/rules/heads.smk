@@ -38,7 +38,7 @@ rule heads_figures:
         report(
             "results/figures/{model}/{task}/heads-direct.png",
             caption="../report/heads-direct.rst",
-            category="Heads",
+            category="4. Heads",
             subcategory="{model}",
             labels={
                 "model": "{model}",
@@ -68,14 +68,14 @@ rule heads_causal_figures:
         causal=report(
             "results/figures/{model}/{task}/heads-causal.png",
             caption="../report/heads-causal.rst",
-            category="Heads",
+            category="4. Heads",
             subcategory="{model}",
             labels={"model": "{model}", "task": "{task}", "figure": "causal effect"},
         ),
         scatter=report(
             "results/figures/{model}/{task}/heads-direct-vs-causal.png",
             caption="../report/heads-direct-vs-causal.rst",
-            category="Heads",
+            category="4. Heads",
             subcategory="{model}",
             labels={
                 "model": "{model}",

@@ -36,14 +36,14 @@ rule patching_figures:
         probabilities=report(
             "results/figures/{model}/{task}/patching-probabilities.png",
             caption="../report/patching-probabilities.rst",
-            category="Patching",
+            category="5. Patching",
             subcategory="{model}",
             labels={"model": "{model}", "task": "{task}", "figure": "probabilities"},
         ),
         outcomes=report(
             "results/figures/{model}/{task}/patching-outcomes.png",
             caption="../report/patching-outcomes.rst",
-            category="Patching",
+            category="5. Patching",
             subcategory="{model}",
             labels={"model": "{model}", "task": "{task}", "figure": "outcomes"},
         ),
@@ -69,7 +69,7 @@ rule patching_windows:
         figure=report(
             "results/figures/patching_windows.png",
             caption="../report/patching-windows.rst",
-            category="Patching",
+            category="5. Patching",
             subcategory="all models",
             labels={"figure": "task and answer windows"},
         ),

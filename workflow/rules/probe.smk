@@ -32,7 +32,7 @@ rule probe_figure:
         report(
             "results/figures/{model}/{task}/probe.png",
             caption="../report/probe.rst",
-            category="Probe",
+            category="2. Probe",
             subcategory="{model}",
             labels={"model": "{model}", "task": "{task}", "figure": "probe"},
         ),

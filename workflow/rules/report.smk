@@ -27,3 +27,26 @@ rule summary_tables:
         code=code("summary_tables.py"),
     script:
         "../scripts/summary_tables.py"
+
+
+# One summary table per analysis stage, built only where the stage runs.
+rule stage_summary_table:
+    input:
+        stage_summary_inputs,
+    output:
+        report(
+            "results/tables/{stage}_summary.html",
+            caption="../report/stage_summaries.rst",
+            category="0. Summary tables",
+            labels={"table": "{stage}"},
+        ),
+    log:
+        "logs/stage_summary_table/{stage}.log",
+    wildcard_constraints:
+        stage="probe|lens|heads|patching",
+    conda:
+        "../envs/iclprobe.yaml"
+    params:
+        code=code("stage_summary_table.py"),
+    script:
+        "../scripts/stage_summary_table.py"
