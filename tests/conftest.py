@@ -7,6 +7,7 @@ run real weights.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,14 +123,32 @@ def tiny_model(architecture: str, vocab_size: int, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-@pytest.fixture
-def tiny_llama_folder(tmp_path) -> Path:
-    """A local HF folder holding a tiny random Llama and a digit-per-token tokenizer."""
-    folder = tmp_path / "tiny-llama"
+def save_tiny_llama(folder: Path) -> Path:
+    """Write a tiny random Llama and a digit-per-token tokenizer to `folder`, as HF does."""
     tokenizer = digit_tokenizer()
     tiny_llama(len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def complete_tiny_run(workdir: Path, model_folder: Path, stages: bool = True) -> Path:
+    """A workflow folder after `snakemake all` on the small config; `stages=False` switches
+    the analysis stages (probe, lens, heads, patching) off."""
+    from test_workflow import small_config, snakemake, write_config
+
+    config = small_config({"path": str(model_folder)})
+    if not stages:
+        config |= {stage: {"enabled": False} for stage in ("probe", "lens", "heads", "patching")}
+    write_config(workdir, config)
+    run = snakemake(workdir, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture
+def tiny_llama_folder(tmp_path) -> Path:
+    """A local HF folder holding a tiny random Llama and a digit-per-token tokenizer."""
+    return save_tiny_llama(tmp_path / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
@@ -146,13 +165,20 @@ def smollm2(smollm2_folder):
     return load_prepared(smollm2_folder, dtype="float32", device="cpu")
 
 
-@pytest.fixture
-def tiny_run(tmp_path, tiny_llama_folder):
-    """A workflow folder after a complete run on the tiny model (tests/test_workflow.py)."""
-    from test_workflow import small_config, snakemake, write_config
+@pytest.fixture(scope="session")
+def tiny_run_once(tmp_path_factory) -> Path:
+    """One complete run on the tiny model per session (its model folder is never changed)."""
+    base = tmp_path_factory.mktemp("tiny-run-once")
+    return complete_tiny_run(base / "run", save_tiny_llama(base / "tiny-llama"))
 
-    workdir = tmp_path / "run"
-    write_config(workdir, small_config({"path": str(tiny_llama_folder)}))
-    run = snakemake(workdir, "all")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_run_once) -> Path:
+    """A private copy of the session's complete tiny run, free to change.
+
+    copytree keeps every file's mtime, and Snakemake's records live in the
+    copied .snakemake/, so the copy is as up to date as the original (the
+    tests check that a dry run finds nothing to do). A test that changes the
+    model's weights needs its own folder: tiny_llama_folder and complete_tiny_run.
+    """
+    return Path(shutil.copytree(tiny_run_once, tmp_path / "run", symlinks=True))

@@ -72,10 +72,8 @@ def test_context_window_shorter_than_the_prompt_names_the_task():
         run_forward(make_prompts(task), model, tokenizer, model_name="tiny", max_positions=64)
 
 
-def test_truncated_cache_in_a_run_is_rebuilt_not_read(tmp_path, tiny_llama_folder):
-    workdir = tmp_path / "run"
-    write_config(workdir, small_config({"path": str(tiny_llama_folder)}))
-    assert snakemake(workdir, "all").returncode == 0
+def test_truncated_cache_in_a_run_is_rebuilt_not_read(tiny_run):
+    workdir = tiny_run
     forward = workdir / "results" / "forward" / "m" / "double.parquet"
     original = read_table(forward)
     forward.write_bytes(forward.read_bytes()[:500])

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, SMOLLM2, digit_tokenizer, tiny_llama
+from conftest import REPO, SMOLLM2, complete_tiny_run, digit_tokenizer, tiny_llama
 from iclprobe.io import read_metadata, read_table
 
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -137,8 +137,11 @@ def test_changing_one_task_reruns_only_that_task(tiny_run):
 
 
 def test_new_weights_in_a_path_folder_rerun_preparation_and_everything_after(
-    tiny_run, tiny_llama_folder
+    tmp_path, tiny_llama_folder
 ):
+    # Its own run, as it rewrites the model folder the run was made from; the analysis
+    # stages hang off the same prepared model as the forward pass, so they are left out.
+    tiny_run = complete_tiny_run(tmp_path / "run", tiny_llama_folder, stages=False)
     recorded = json.loads((tiny_run / "resources/models/m/iclprobe_source.json").read_text())
     meta = read_metadata(tiny_run / "results" / "forward" / "m" / "identity.parquet")
     assert meta["model"]["source_digest"] == recorded["source_digest"]
@@ -219,6 +222,12 @@ def test_real_model_workflow_learns_identity_not_the_shuffled_control(tmp_path):
     workdir = tmp_path / "real"
     config = small_config(SMOLLM2, replicates=3, n_examples=16)
     config["models"] = {"smollm2": SMOLLM2}
+    # Every analysis stage runs for real, on a share of its defaults: their numbers are
+    # checked against plain Hugging Face passes in their own tests.
+    config["probe"] = {"ks": [0, 3]}
+    config["lens"] = {"examples": [1, "last"], "integers": {"replicates": 1}}
+    config["heads"] = {"examples": ["last"]}
+    config["patching"] = {"pairs": 2, "context_examples": 5}
     write_config(workdir, config)
     run = snakemake(workdir, "all")
     assert run.returncode == 0, run.stderr[-3000:]
