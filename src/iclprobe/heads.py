@@ -79,37 +79,26 @@ ABLATION = (
 )
 
 
-COLUMNS = [
-    "model",
-    "task",
-    "replicate",
-    "example",
-    "x",
-    "y",
-    "decision_position",
-    "target_token_id",
-    "target_token",
-    "layer",
-    "component",
-    "head",
-    "contribution",
-    "centred_logit",
-    "p_correct",
-    "ablated_p_correct",
-    "effect",
-]
-
-INTEGERS = [
-    "replicate",
-    "example",
-    "x",
-    "y",
-    "decision_position",
-    "target_token_id",
-    "layer",
-    "head",
-]
-FLOATS = ["contribution", "centred_logit", "p_correct", "ablated_p_correct", "effect"]
+# Column -> type of the heads table, in its order.
+SCHEMA = {
+    "model": pl.String,
+    "task": pl.String,
+    "replicate": pl.Int64,
+    "example": pl.Int64,
+    "x": pl.Int64,
+    "y": pl.Int64,
+    "decision_position": pl.Int64,
+    "target_token_id": pl.Int64,
+    "target_token": pl.String,
+    "layer": pl.Int64,
+    "component": pl.String,
+    "head": pl.Int64,
+    "contribution": pl.Float64,
+    "centred_logit": pl.Float64,
+    "p_correct": pl.Float64,
+    "ablated_p_correct": pl.Float64,
+    "effect": pl.Float64,
+}
 
 
 @dataclass
@@ -513,7 +502,7 @@ def _finish(frame: pl.DataFrame, prompts: pl.DataFrame, tokenizer, model_name: s
             .alias("target_token"),
             (pl.col("ablated_p_correct") - pl.col("p_correct")).alias("effect"),
         )
-        .select(COLUMNS)
-        .cast({c: pl.Int64 for c in INTEGERS} | {c: pl.Float64 for c in FLOATS})
+        .select(list(SCHEMA))
+        .cast(SCHEMA)
         .sort("replicate", "example", pl.col("component").cast(component_order), "layer", "head")
     )
