@@ -46,7 +46,8 @@ from iclprobe.patches import (
     source_states,
     target_path,
 )
-from iclprobe.patching import OUTCOMES, draw_pairs, leading_runs, run_patching, windows
+from iclprobe.patching import OUTCOMES, draw_pairs, run_patching
+from iclprobe.patching_windows import leading_runs, windows
 from iclprobe.plots import patching as plot_patching
 from iclprobe.prompts import draw_examples, make_prompts
 from iclprobe.tokens import encode_answer

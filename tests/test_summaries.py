@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import polars as pl
 
 from iclprobe.summaries import heads_summary, lens_summary, patching_summary, probe_summary
@@ -90,3 +93,10 @@ def test_patching_summary_joins_runs_of_leading_layers():
     assert row["task leads"] == "2–3, 5"
     assert row["answer leads"] == "6"
     assert row["max mean p_task"] == 0.4 and row["at layer"] == 3
+
+
+def test_the_summary_tables_do_not_load_torch():
+    """The report's table jobs read Parquet only: starting torch would cost each job seconds."""
+    code = "import sys, iclprobe.summaries; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from iclprobe.io import atomic_output
-from iclprobe.patching import leading_runs
+from iclprobe.patching_windows import leading_runs
 
 LN2 = math.log(2)
 

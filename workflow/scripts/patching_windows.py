@@ -4,7 +4,7 @@ import polars as pl
 
 from iclprobe.io import read_table, write_table
 from iclprobe.logs import to_rule_log
-from iclprobe.patching import windows
+from iclprobe.patching_windows import windows
 from iclprobe.plots import patching as plots
 
 to_rule_log(snakemake.log[0])

@@ -24,7 +24,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from iclprobe.patching import HENDEL_2023, OUTCOMES, SEED_LAYERS
+from iclprobe.patching import OUTCOMES
+from iclprobe.patching_windows import HENDEL_2023, SEED_LAYERS
 from iclprobe.plots import style
 
 LAYER_LABEL = "layer ℓ patched (0 = embeddings, L = last block)"
