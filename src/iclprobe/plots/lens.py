@@ -106,7 +106,12 @@ def _draw_token_table(ax, probs: np.ndarray, labels: np.ndarray, numeric: np.nda
     ax.set_ylabel(LAYER_LABEL)
 
 
-def _table_figure(probs, labels, numeric, heading: str, note: str) -> Figure:
+def _table_figure(rows: pl.DataFrame, k: int, heading: str, note: str) -> Figure:
+    """`rows` hold k tokens per layer, in (layer, rank) order: prob, token_text, is_numeric."""
+    shape = (rows.height // k, k)  # (layers, k)
+    probs = rows["prob"].to_numpy().reshape(shape)
+    labels = np.array([visible(t) for t in rows["token_text"]], dtype=object).reshape(shape)
+    numeric = rows["is_numeric"].to_numpy().reshape(shape)
     with style.drawing():
         fig, ax = plt.subplots(figsize=(11.0, 11.0), dpi=style.DPI)
         _draw_token_table(ax, probs, labels, numeric)
@@ -128,21 +133,13 @@ def build_top_tokens(lens: pl.DataFrame, function: str | None = None) -> Figure:
         (pl.col("replicate") == pick["replicate"]) & (pl.col("example") == pick["example"])
     ).sort("layer", "rank")
     k = rows["rank"].max()
-    shape = (rows.height // k, k)
-    labels = np.array([visible(t) for t in rows["token_text"]], dtype=object).reshape(shape)
     first = rows["first_numeric_layer"][0]
     what = (
         f"logit lens: top {k} tokens at the decision position\nreplicate {pick['replicate']}, "
         f"example {pick['example']} (x = {pick['x']}, answer {pick['y']}); first layer with a "
         f"numeric top-1 token: {'none' if first is None else first}"
     )
-    return _table_figure(
-        rows["prob"].to_numpy().reshape(shape),
-        labels,
-        rows["is_numeric"].to_numpy().reshape(shape),
-        style.title(what, model, task, function),
-        _numeric_note(),
-    )
+    return _table_figure(rows, k, style.title(what, model, task, function), _numeric_note())
 
 
 def build_top_tokens_mean(lens: pl.DataFrame, function: str | None = None) -> Figure:
@@ -163,10 +160,8 @@ def build_top_tokens_mean(lens: pl.DataFrame, function: str | None = None) -> Fi
         .group_by("layer", maintain_order=True)
         .head(k)
     )
-    shape = (mean["layer"].n_unique(), k)
-    if mean.height != shape[0] * shape[1]:
+    if mean.height != mean["layer"].n_unique() * k:
         raise ValueError(f"fewer than {k} distinct tokens at some layer of example {example}")
-    labels = np.array([visible(t) for t in mean["token_text"]], dtype=object).reshape(shape)
     first = rows.filter((pl.col("rank") == 1) & (pl.col("layer") == 0))["first_numeric_layer"]
     found = (
         f"median {first.median():.0f} (range {first.min()}–{first.max()}; "
@@ -182,13 +177,7 @@ def build_top_tokens_mean(lens: pl.DataFrame, function: str | None = None) -> Fi
         f"\nmean probability over replicates, counting 0 where a token is outside a "
         f"replicate's top {k} (a lower bound)"
     )
-    return _table_figure(
-        mean["prob"].to_numpy().reshape(shape),
-        labels,
-        mean["is_numeric"].to_numpy().reshape(shape),
-        style.title(what, model, task, function),
-        note,
-    )
+    return _table_figure(mean, k, style.title(what, model, task, function), note)
 
 
 # ---------------------------------------------------------------------------- numeric mass
