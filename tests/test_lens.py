@@ -60,13 +60,7 @@ def _settings(**overrides) -> LensSettings:
 def _run(model, tokenizer, task, settings):
     prompts = make_prompts(task)
     forward = run_forward(prompts, model, tokenizer, model_name="m", task=task)
-    plan = LensPlan(
-        examples=settings.examples_for(task),
-        replicates=settings.replicates_for(task),
-        top_k=settings.top_k,
-        integer_replicates=settings.integer_replicates_for(task),
-        candidates=settings.candidates_for(task),
-    )
+    plan = LensPlan.for_task(settings, task)
     lens, integers = run_lens(forward, prompts, model, tokenizer, task=task, plan=plan)
     return prompts, forward, lens, integers
 

@@ -28,13 +28,7 @@ def tables():
     settings = LensSettings(True, (1, 3, "last"), None, 4, True, None, None)
     prompts = make_prompts(task)
     forward = run_forward(prompts, model, tokenizer, model_name="tiny", task=task)
-    plan = LensPlan(
-        examples=settings.examples_for(task),
-        replicates=settings.replicates_for(task),
-        top_k=settings.top_k,
-        integer_replicates=settings.integer_replicates_for(task),
-        candidates=settings.candidates_for(task),
-    )
+    plan = LensPlan.for_task(settings, task)
     try:
         yield run_lens(forward, prompts, model, tokenizer, task=task, plan=plan)
     finally:

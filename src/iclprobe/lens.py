@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from iclprobe.anatomy import Anatomy, anatomy_of
-from iclprobe.config import Task
+from iclprobe.config import LensSettings, Task
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_residual
 from iclprobe.integer_lens import candidate_paths, check_paths, integer_distributions
@@ -181,6 +181,18 @@ class LensPlan:
     top_k: int
     integer_replicates: list[int]
     candidates: list[int]
+
+    @classmethod
+    def for_task(cls, settings: LensSettings, task: Task) -> LensPlan:
+        """The plan the config's lens settings make for `task` (the lens rule passes the
+        same values as its params)."""
+        return cls(
+            examples=settings.examples_for(task),
+            replicates=settings.replicates_for(task),
+            top_k=settings.top_k,
+            integer_replicates=settings.integer_replicates_for(task),
+            candidates=settings.candidates_for(task),
+        )
 
 
 @dataclass
