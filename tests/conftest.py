@@ -123,6 +123,15 @@ def tiny_model(architecture: str, vocab_size: int, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (as the workflow's jobs run), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def save_tiny_llama(folder: Path) -> Path:
     """Write a tiny random Llama and a digit-per-token tokenizer to `folder`, as HF does."""
     tokenizer = digit_tokenizer()

@@ -30,13 +30,8 @@ from iclprobe.trie import CandidateTokensError, build_trie
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: with two threads on a shared 2-core machine each pass waits on the other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: with two threads on a shared 2-core machine each pass waits on the other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOKENIZERS = {"digits": digit_tokenizer, "numbers": number_tokenizer}

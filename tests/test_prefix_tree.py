@@ -19,13 +19,8 @@ VOCAB = 40
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: with two threads on a shared 2-core machine each pass waits on the other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: with two threads on a shared 2-core machine each pass waits on the other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS))

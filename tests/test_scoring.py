@@ -80,15 +80,6 @@ def test_batch_of_eight_equals_batch_of_one():
             assert a.greedy_ids == b.greedy_ids
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread, as the forward rule runs (forward.threads: 1), then restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.real_model
 def test_batch_size_moves_smollm2_logprobs_within_the_documented_bound(smollm2, one_thread):
     """README, Reproducibility: batch sizes agree within BATCH_BOUND_NATS; reruns exactly."""
