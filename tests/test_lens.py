@@ -126,7 +126,7 @@ def test_last_layer_lens_is_the_model(arch, tokenizer_kind):
         context = texts[1][: spans["answer_start"][0]]
         expected = _plain_candidate_logprobs(model, tokenizer, TASK, context, candidates)
         got = integers.filter((pl.col("example") == row["example"]) & (pl.col("layer") == n_layers))
-        assert got["candidate"].to_list() == candidates
+        assert got["candidate"].to_list() == list(candidates)
         assert got["logprob"].to_list() == pytest.approx(expected, abs=TOL)
     # A proper distribution at every layer, and not the same at every layer.
     sums = integers.group_by("example", "layer").agg(pl.col("logprob").exp().sum())

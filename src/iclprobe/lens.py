@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,25 +175,34 @@ def _integers_frame(logprobs: torch.Tensor, example: int, candidates: list[int])
 
 @dataclass(frozen=True)
 class LensPlan:
-    """What to look at: examples (1-based), replicates, and the integer lens's share."""
+    """What to look at: examples (1-based), replicates, and the integer lens's share.
+
+    `candidates` is a sorted sequence (a lazy `range` from the settings); it is
+    read only for the integer replicates, and empty when there are none.
+    """
 
     examples: list[int]
     replicates: list[int]
     top_k: int
     integer_replicates: list[int]
-    candidates: list[int]
+    candidates: Sequence[int]
 
     @classmethod
     def for_task(cls, settings: LensSettings, task: Task) -> LensPlan:
-        """The plan the config's lens settings make for `task` (the lens rule passes the
-        same values as its params)."""
+        """The plan the config's lens settings make for `task`; the lens rule's params come
+        from the same `LensSettings` helpers."""
+        integer_replicates = settings.integer_replicates_for(task)
         return cls(
             examples=settings.examples_for(task),
             replicates=settings.replicates_for(task),
             top_k=settings.top_k,
-            integer_replicates=settings.integer_replicates_for(task),
-            candidates=settings.candidates_for(task),
+            integer_replicates=integer_replicates,
+            candidates=settings.candidates_for(task) if integer_replicates else range(0),
         )
+
+    def candidate_range(self) -> list[int] | None:
+        """[low, high] of the candidates, as the tables' metadata records it."""
+        return [self.candidates[0], self.candidates[-1]] if self.candidates else None
 
 
 @dataclass

@@ -290,8 +290,13 @@ def _score(tree: TokenTree, t: _Target, task: Task, tokenizer, ys, budget: int) 
 
 
 def answer_budget(task: Task, ys: list[int]) -> int:
-    """Tokens after d a greedy answer may take: sign, digits, terminator, a token each at most."""
-    return max(len(str(y)) for y in (*task.candidates(), *ys)) + 2
+    """Tokens after d a greedy answer may take: sign, digits, terminator, a token each at most.
+
+    The longest candidate is at one end of the sorted candidates (a lazy range
+    for an answer_range, never walked).
+    """
+    candidates = task.candidates()
+    return max(len(str(y)) for y in (candidates[0], candidates[-1], *ys)) + 2
 
 
 def _ends(tokenizer, lead: list[int]):

@@ -214,12 +214,6 @@ def lens_tables(model, task):
     return tables
 
 
-def lens_integer_replicates(task):
-    if not SETTINGS.lens.integers:
-        return []
-    return SETTINGS.lens.integer_replicates_for(SETTINGS.tasks[task])
-
-
 def lens_figures():
     """The lens figures as report items, keyed by the names the figure script uses."""
     return {

@@ -20,7 +20,9 @@ plan = LensPlan(
     replicates=list(params.replicates),
     top_k=params.top_k,
     integer_replicates=list(params.integer_replicates),
-    candidates=list(params.candidates),
+    candidates=range(params.candidate_range[0], params.candidate_range[1] + 1)
+    if params.integer_replicates
+    else range(0),
 )
 lens, integers = run_lens(
     read_table(snakemake.input.forward),
@@ -32,7 +34,7 @@ lens, integers = run_lens(
 )
 metadata = {**forward_metadata, "model": info, "lens": {**vars(plan), **LENS_CONVENTION}}
 metadata["lens"].pop("candidates")
-metadata["lens"]["candidate_range"] = [plan.candidates[0], plan.candidates[-1]]
+metadata["lens"]["candidate_range"] = plan.candidate_range()
 # Named outputs; `integers` only while the integer lens is enabled.
 outputs = dict(snakemake.output.items())
 write_table(lens, outputs["lens"], metadata)
