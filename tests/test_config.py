@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -267,3 +268,27 @@ def test_the_integer_lens_switch_is_honoured_by_the_lens_plan():
     assert plan.integer_replicates == [] and plan.candidate_range() is None
     on = LensPlan.for_task(load_settings(DEFAULT).lens, seed)
     assert on.integer_replicates == [1, 2, 3] and on.candidate_range() == [0, 412]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "tasks:\n  t: {function: x, x_range: [0, 9], n_examples: 3\n  u: 1\n",
+            (
+                r"line 3, column 4: expected ',' or '\}', but got ':' \(while parsing a flow mapping "
+                r"that starts on line 2, column 6\)"
+            ),
+        ),
+        (
+            "models:\n\tm: 1\n",
+            r"line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+        ("tasks: [a, b\n", r"line 2, column 1: expected ',' or '\]', but got '<stream end>'"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path, text, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid YAML: {expected}"):
+        check_config_file(path)

@@ -359,9 +359,38 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def check_config_file(path: Path | str) -> None:
-    """Refuse a config file with duplicate keys, e.g. two tasks of the same name."""
+    """Refuse a config file that is not YAML, or has duplicate keys (two tasks of one name).
+
+    The message names the file, the line and the column: Snakemake's own message
+    for a file it cannot read names neither.
+    """
     with open(path, encoding="utf-8") as fh:
-        yaml.load(fh, Loader=_StrictLoader)
+        try:
+            yaml.load(fh, Loader=_StrictLoader)
+        except yaml.MarkedYAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+
+
+def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    """'line 5, column 4: expected ... (while parsing ... that starts on line 4, column 6)'."""
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = err.problem_mark or err.context_mark
+    text = f"{at(mark)}: {err.problem or err.context}" if mark else str(err)
+    if err.context and err.problem and err.context_mark is not None:
+        text += f" ({err.context} that starts on {at(err.context_mark)})"
+    return text
+
+
+def check_config_files(paths) -> None:
+    """`check_config_file` for each of `paths` that exists."""
+    for path in paths:
+        if Path(path).is_file():
+            check_config_file(path)
 
 
 def with_defaults(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
