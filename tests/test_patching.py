@@ -16,6 +16,7 @@ its unpatched probability. The pair draws and the table are checked on their own
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from conftest import (
@@ -40,6 +41,7 @@ from iclprobe.hooks import capture_residual, edit_residual
 from iclprobe.patches import (
     _number_ended,
     answer_budget,
+    chunks,
     parse_answer,
     patch_replicate,
     patched,
@@ -121,10 +123,13 @@ def _plain_resid(model, anatomy, ids: list[int], at: int) -> torch.Tensor:
 
 
 def _at(position: int, value: torch.Tensor):
-    """An edit of one position of a plain pass; decoding steps after it (one token) pass through."""
+    """An edit of one position of the first pass only: decoding steps after it pass through
+    (with the position 0, a step's one token would otherwise be edited again)."""
+    calls = []
 
     def edit(resid):  # (1, S, d)
-        if resid.shape[1] <= position:
+        calls.append(resid.shape[1])
+        if len(calls) > 1:
             return resid
         out = resid.clone()
         out[0, position] = value
@@ -309,6 +314,74 @@ def test_a_candidate_off_the_path_keeps_its_unpatched_probability():
     )
 
 
+# ---------------------------------------------------------------- zero-shot, any template
+
+
+def _with_bos(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same tokenizer, adding "<s>" before every text (as Llama's and Gemma's do)."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+# Templates that start with {x}: without BOS, zero-shot targets share no first token.
+X_FIRST = {"arrow": ("{x} -> {y}", "\n"), "space": ("{x} {y}", "; ")}
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
+@pytest.mark.parametrize("template", sorted(X_FIRST))
+def test_zero_shot_patching_of_templates_that_start_with_x(tiny, template, bos):
+    """Every layer's patch equals a plain pass with one hook, whether or not the zero-shot
+    targets share a first token (8, 31 and 9 share none without BOS), and patching a target
+    with its own activations changes nothing."""
+    model, tokenizer = tiny
+    if bos:
+        if _is_smollm2(model):
+            pytest.skip("SmolLM2's tokenizer adds no BOS")
+        tokenizer = _with_bos(tokenizer)
+    text, separator = X_FIRST[template]
+    task = make_task(template=text, separator=separator)
+    context = task.context_text([3, 12, 40], [task.fn(3), task.fn(12), task.fn(40)])
+    pairs = [(5, 8), (17, 31), (22, 9)]
+    sources, paths, results = _run(model, tokenizer, context, "", pairs, task)
+    first_tokens = {p.answer.ids[0] for p in paths}
+    assert len(first_tokens) == (1 if bos else 3)
+    layers = _layers(model)
+    _check_against_plain(model, tokenizer, context, pairs, sources, paths, results, layers, task)
+    for x in (8, 31):  # the target's own zero-shot prompt as its source
+        _, _, own = _run(model, tokenizer, "", "", [(x, x)], task)
+        _assert_unchanged(own[0], logprob_tol=_logprob_tol(model))
+
+
+def test_pairs_run_in_groups_that_bound_each_tree_pass():
+    """A bound of a few tokens per pass splits the pairs into groups of their own trees; the
+    results are those of one tree (within float32 rounding)."""
+    tokenizer = digit_tokenizer()
+    model = tiny_model("llama", len(tokenizer))
+    anatomy = anatomy_of(model)
+    context, examples = _prompts()
+    pairs = [(5, 7), (12, 30), (20, 41), (9, 2)]
+    xs = [s for s, _ in pairs]
+    one = source_states(model, anatomy, tokenizer, SEED, context, xs)
+    split = source_states(model, anatomy, tokenizer, SEED, context, xs, max_tree_tokens=12)
+    for a, b in zip(one, split, strict=True):
+        torch.testing.assert_close(a.resid, b.resid, atol=1e-5, rtol=1e-5)
+    paths = [target_path(tokenizer, SEED, examples, t) for _, t in pairs]
+    whole = patch_replicate(model, anatomy, tokenizer, SEED, paths, one)
+    per_pass = anatomy.n_layers + 1 + 1  # one pair: its decision token's L + 2 copies (and d)
+    grouped = patch_replicate(model, anatomy, tokenizer, SEED, paths, one, per_pass + 1)
+    assert chunks([per_pass] * 4, per_pass + 1) == [[0], [1], [2], [3]]
+    for a, b in zip(whole, grouped, strict=True):
+        assert a.greedy_texts == b.greedy_texts and a.on_path == b.on_path
+        for y, values in a.logprobs.items():
+            assert b.logprobs[y] == pytest.approx(values, abs=1e-5)
+
+
 # ---------------------------------------------------------------- draws and the table
 
 
@@ -385,6 +458,22 @@ def test_the_table_has_one_row_per_pair_and_layer_and_consistent_outcomes():
         context_examples=3,
     )
     assert (zero_shot["target_context"] == "zero_shot").all()
+    # A template that starts with {x}: without BOS the zero-shot targets share no token.
+    arrow = make_task(template="{x} -> {y}", separator="\n", replicates=1)
+    table = run_patching(
+        make_prompts(arrow),
+        None,
+        model,
+        tokenizer,
+        model_name="tiny",
+        task=arrow,
+        target_task=None,
+        replicates=[1],
+        pairs=3,
+        context_examples=3,
+    )
+    assert table.height == 3 * (n_layers + 1)
+    assert table["p_task"].is_between(0, 1).all() and table["greedy_text"].is_not_null().all()
 
 
 # ---------------------------------------------------------------- SmolLM2
