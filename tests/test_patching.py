@@ -442,6 +442,12 @@ def test_the_table_has_one_row_per_pair_and_layer_and_consistent_outcomes():
         assert row["p_task"] == pytest.approx(math.exp(row["logprob_task"]))
         assert row["relative_depth"] == row["layer"] / n_layers
         assert row["y_task"] == task.fn(row["x_target"])
+    # The floor, from the self-patched control, marks each probability's change.
+    floors = table["floor_nats"].unique().to_list()
+    assert len(floors) == 1 and 0 <= floors[0] < 1e-4
+    for what in ("task", "answer"):
+        moved = (table[f"logprob_{what}"] - table[f"clean_logprob_{what}"]).abs() > floors[0]
+        assert table[f"{what}_effect_resolved"].to_list() == moved.to_list()
     # Each pair's values sit on its own rows: the layers of a pair share x and y.
     per_pair = table.group_by("replicate", "pair").agg(pl.col("x_source", "y_task").n_unique())
     assert (per_pair["x_source"] == 1).all() and (per_pair["y_task"] == 1).all()
@@ -491,6 +497,32 @@ def test_smollm2_negative_answers_leave_the_path(smollm2):
     assert result.logprobs[-8] == [result.clean_logprobs[-8]] * 31
 
 
+@pytest.mark.real_model
+def test_smollm2_self_patching_sets_a_small_floor(smollm2):
+    """The job's control, a target patched with its own activations, moves SmolLM2's float32
+    log-probs by a little, and only changes above that count as resolved."""
+    model, tokenizer, _ = smollm2
+    torch.set_num_threads(1)
+    task = make_task(replicates=1)
+    table = run_patching(
+        make_prompts(task),
+        make_prompts(IDENTITY),
+        model,
+        tokenizer,
+        model_name="smollm2",
+        task=task,
+        target_task=IDENTITY,
+        replicates=[1],
+        pairs=2,
+        context_examples=5,
+    )
+    floor = table["floor_nats"][0]
+    assert 0 < floor < 1e-3
+    gaps = (table["logprob_task"] - table["clean_logprob_task"]).abs()
+    assert table["task_effect_resolved"].to_list() == (gaps > floor).to_list()
+    assert table["task_effect_resolved"].any()  # later layers do move P(f(x_target))
+
+
 # ---------------------------------------------------------------- settings, windows, figures
 
 
@@ -510,7 +542,7 @@ def test_patching_settings_are_checked_before_any_job():
     assert off.patching.pairs == 60
 
 
-def _synthetic(n_layers: int = 4) -> pl.DataFrame:
+def _synthetic(n_layers: int = 4, floor: float = 1e-5) -> pl.DataFrame:
     """Three pairs of one model and task: the task leads at layers 1–2, the answer at 3–4.
 
     Pair 3's target answers f(x_target) itself: its probabilities (0.9 everywhere)
@@ -547,6 +579,7 @@ def _synthetic(n_layers: int = 4) -> pl.DataFrame:
                     "outcome": "target" if pair == 3 else outcome,
                     "first_outcome": "other" if layer == 0 else outcome,
                     "source_p_answer": 0.8,
+                    "floor_nats": floor,
                 }
             )
     return pl.DataFrame(rows)
@@ -561,6 +594,11 @@ def test_windows_mark_where_the_task_and_where_the_answer_lead():
     runs = leading_runs(table)
     assert runs.select("first", "last").rows() == [(1, 2)]
     assert leading_runs(table, "answer_leads").select("first", "last").rows() == [(3, 4)]
+    # A floor of log 3 nats resolves only a lead of more than 3×: at layer 1, 0.63 against
+    # the target's 0.2, but not at layer 2 (0.525 against 0.2).
+    coarse = windows(_synthetic(floor=math.log(3)))
+    assert coarse.filter("task_leads")["layer"].to_list() == [1]
+    assert coarse.filter("answer_leads")["layer"].to_list() == [3, 4]  # 0.6, 0.7 ≥ 3 × 0.1
 
 
 def test_probability_figure_draws_the_means_of_pairs_with_three_answers():

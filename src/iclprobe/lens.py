@@ -21,6 +21,7 @@ text is a minus sign or digits, optionally led by a minus sign ("␠-" too).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ import torch
 
 from iclprobe.anatomy import Anatomy, anatomy_of
 from iclprobe.config import LensSettings, Task
+from iclprobe.floor import floor_nats
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_residual
 from iclprobe.integer_lens import candidate_paths, check_paths, integer_distributions
@@ -265,7 +267,7 @@ def run_lens(
     if missing:
         raise ValueError(f"the forward table of task {task.name!r} has no replicates {missing}")
     paths = candidate_paths(tokenizer, task, plan.candidates) if plan.integer_replicates else []
-    lens_parts, integer_parts, texts = [], [], {}
+    lens_parts, integer_parts, texts, deviations = [], [], {}, []
     started, n_tokens = time.monotonic(), 0
     for count, (rep, seq) in enumerate(zip(replicates, encoded, strict=True), start=1):
         rows = keys.filter(pl.col("replicate") == rep)
@@ -284,6 +286,7 @@ def run_lens(
                     texts[token] = tokenizer.decode([token], clean_up_tokenization_spaces=False)
             frame = _lens_frame(arrays, examples, answer_ids, texts)
             lens_parts.append(frame.with_columns(pl.lit(rep).alias("replicate")))
+            deviations += _last_layer_deviations(arrays["answer_prob"][-1], seq, rows)
         if integers:
             for example, y in zip(examples, rows["y"], strict=True):
                 answer = [seq.input_ids[t] for t in seq.answer_tokens[example - 1]]
@@ -305,12 +308,33 @@ def run_lens(
             elapsed,
             n_tokens / max(elapsed, 1e-9),
         )
+    floor = floor_nats(deviations)
+    if floor is not None:
+        log.info(
+            "numerical floor: the last layer's read-out within %.2g nats of the forward "
+            "stage's; floor %.2g nats",
+            max(deviations),
+            floor,
+        )
     xy = keys.select("model", "task", "replicate", "example", "x", "y", "decision_position")
     lens = _finish(lens_parts, _LENS_SCHEMA, xy, ["layer", "rank"])
+    lens = lens.with_columns(pl.lit(floor, pl.Float64).alias("floor_nats"))
     integer_table = _finish(
         integer_parts, _INTEGERS_SCHEMA, xy.drop("decision_position"), ["layer", "candidate"]
     )
     return lens, integer_table
+
+
+def _last_layer_deviations(answer_prob: np.ndarray, seq, rows: pl.DataFrame) -> list[float]:
+    """|log P(first answer token)| of the lens at layer L against the forward stage's (a plain
+    pass): the float32 floor of the lens's path, per position read (nats)."""
+    out = []
+    for e, p, logprobs in zip(rows["example"], answer_prob, rows["token_logprobs"], strict=True):
+        span = seq.answer_tokens[e - 1]
+        plain = logprobs[seq.decision[e - 1] + 1 - span[0]]
+        if p > 0:  # a probability that underflowed float32 says nothing of the rounding
+            out.append(abs(math.log(float(p)) - plain))
+    return out
 
 
 def _finish(

@@ -1,0 +1,58 @@
+"""The numerical floor: how far a stage's batched, cached float32 path is from a plain pass.
+
+Every difference the heads, patching and lens stages report is computed by a
+cached, batched path whose float32 sums run in another order than a plain
+Hugging Face pass over the whole text; the two disagree by rounding. Each job
+measures that disagreement on a control that must change nothing, in the
+same shapes as its measurements:
+
+- heads: one unedited row in every ablation batch, against the clean log P
+  of the forward stage (a plain pass);
+- patching: per replicate, the first pair's target patched with its own
+  activations, at every layer, against the same tree's unpatched copy;
+- lens: the last layer's read-out of the answer's first token, against the
+  forward stage's log-probability of that token.
+
+The floor is the largest deviation of the job's controls, in nats of
+log-probability, times `SAFETY` (a control samples the rounding of a few
+rows; the rows it stands for round differently). A difference of two
+log-probabilities within the floor is not resolved: it is reported, marked,
+and kept out of rankings and of what the summaries and figures call a finding.
+No torch here: the summaries and figures read the columns this defines.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Measured on SmolLM2-135M in float32 (docs/bounds.md, "Numerical floor"): the
+# largest error of 540 head ablations against plain passes was SAFETY_MEASURED times
+# the largest deviation of their batches' unedited rows.
+SAFETY = 2.0
+
+
+def floor_nats(deviations) -> float | None:
+    """The floor from a job's control deviations (nats): their maximum × SAFETY."""
+    values = [float(d) for d in deviations]
+    return None if not values else SAFETY * max(values)
+
+
+def resolvable(p: float, floor: float) -> float:
+    """The smallest change of a probability p that the floor resolves: p · (e^floor − 1)."""
+    return p * math.expm1(floor)
+
+
+# How each stage measures its floor, recorded in its tables' metadata.
+METHODS = {
+    "heads": "one unedited row in every mean-ablation batch; |its log P(answer) - the forward "
+    "stage's| (a plain pass)",
+    "patching": "per replicate, the first pair's target patched with its own activations at "
+    "every layer, in the same tree; |patched - unpatched log P| of every candidate on its path",
+    "lens": "per position read, |log P(first answer token) at the last layer - the forward "
+    "stage's|",
+}
+
+
+def floor_metadata(stage: str, floor: float | None) -> dict:
+    """What a table's metadata says of its floor (the model's dtype and device sit beside it)."""
+    return {"nats": floor, "safety": SAFETY, "method": METHODS[stage]}
