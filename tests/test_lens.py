@@ -22,7 +22,7 @@ import yaml
 
 from conftest import REPO, TINY_CONFIGS, digit_tokenizer, make_task, number_tokenizer, tiny_model
 from iclprobe.config import LensSettings
-from iclprobe.floor import SAFETY
+from iclprobe.floor import MIN_NATS, SAFETY
 from iclprobe.forward import encode_prompts, run_forward
 from iclprobe.lens import LensPlan, classify_vocabulary, run_lens
 from iclprobe.prompts import make_prompts
@@ -154,7 +154,8 @@ def _check_floor(lens: pl.DataFrame, forward: pl.DataFrame, prompts, tokenizer) 
         gaps.append(
             abs(math.log(row["answer_prob"]) - scores[row["decision_position"] + 1 - span[0]])
         )
-    assert lens["floor_nats"].unique().to_list() == [pytest.approx(SAFETY * max(gaps), rel=1e-9)]
+    expected = max(SAFETY * max(gaps), MIN_NATS)
+    assert lens["floor_nats"].unique().to_list() == [pytest.approx(expected, rel=1e-9)]
     assert 0 <= lens["floor_nats"][0] < 1e-3
 
 

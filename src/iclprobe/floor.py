@@ -15,7 +15,7 @@ same shapes as its measurements:
 
 The floor is the largest deviation of the job's controls, in nats of
 log-probability, times `SAFETY` (a control samples the rounding of a few
-rows; the rows it stands for round differently). A difference of two
+rows; the rows it stands for round differently), and at least `MIN_NATS`. A difference of two
 log-probabilities within the floor is not resolved: it is reported, marked,
 and kept out of rankings and of what the summaries and figures call a finding.
 No torch here: the summaries and figures read the columns this defines.
@@ -33,10 +33,17 @@ import math
 SAFETY = 2.0
 
 
+# The floor never goes below what float32 resolves in a log-probability of order 1-10
+# (machine epsilon 1.2e-7 times such a value): a control that happens to match to the
+# bit (tiny models, some architectures) does not make every edited row exact.
+MIN_NATS = 1e-6
+
+
 def floor_nats(deviations) -> float | None:
-    """The floor from a job's control deviations (nats): their maximum × SAFETY."""
+    """The floor from a job's control deviations (nats): their maximum × SAFETY, at least
+    MIN_NATS; None without a control."""
     values = [float(d) for d in deviations]
-    return None if not values else SAFETY * max(values)
+    return None if not values else max(SAFETY * max(values), MIN_NATS)
 
 
 def resolvable(p: float, floor: float) -> float:
