@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from iclprobe.plots import style
 
 CAP = 3.0  # the seed's colour cap on direct contributions (logit units)
-BELOW_FLOOR = "0.85"  # the colour of a mean effect within the numerical floor
+BELOW_FLOOR = "0.62"  # a mean effect within the numerical floor: grey, apart from pale cells
 TOP = 6  # heads labelled in the scatter
 LINEAR = 1e-4  # effects smaller than this (in P) are drawn on a linear scale
 
