@@ -3,9 +3,10 @@
 The JSON schema (workflow/schemas/config.schema.yaml) checks structure and
 holds every default (filled in here as Snakemake's `validate` does, so the
 settings have no second copy of them); this module checks what needs
-evaluating: task functions, templates, x ranges. Both run when the Snakefile
-is parsed, so a bad value fails before any job starts, and every message
-names the offending key and value.
+evaluating: task functions, templates, x ranges, and each stage's work against
+its bound (`iclprobe.bounds`). All run when the Snakefile is parsed, so a bad
+value fails before any job starts, and every message names the offending key
+and value.
 """
 
 from __future__ import annotations
