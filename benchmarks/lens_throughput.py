@@ -48,14 +48,7 @@ def main() -> None:
     forward = read_table(Path("results/forward", args.model, f"{args.task}.parquet"))
     prompts = read_table(prompts_path)
     task = Task.from_params(read_metadata(prompts_path)["task"])
-    lens = settings.lens
-    plan = LensPlan(
-        examples=lens.examples_for(task),
-        replicates=lens.replicates_for(task),
-        top_k=lens.top_k,
-        integer_replicates=lens.integer_replicates_for(task) if lens.integers else [],
-        candidates=lens.candidates_for(task),
-    )
+    plan = LensPlan.for_task(settings.lens, task)
     started = time.perf_counter()
     model, tokenizer, _ = load_prepared(Path("resources/models", args.model), "float32", "cpu")
     load_s = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -218,3 +219,76 @@ def _with_in(raw: dict, path: str, value) -> dict:
         node = node.setdefault(key, {})
     node[last] = value
     return raw
+
+
+def test_a_config_without_stage_sections_gets_the_documented_work():
+    """The schema's defaults are the README's and config/config.yaml's numbers: a config of
+    models and tasks alone plans exactly the work the docs quote for the default run."""
+    minimal = load_settings({"models": DEFAULT["models"], "tasks": DEFAULT["tasks"]})
+    full = load_settings(DEFAULT)
+    for section in ("forward", "bayes", "probe", "lens", "heads", "patching"):
+        assert getattr(minimal, section) == getattr(full, section), section
+    seed = minimal.tasks["seed_2x_plus_3"]
+    assert seed.replicates == 10 and seed.n_examples == 30
+    assert minimal.probe.replicates_for(seed) == [1]
+    assert minimal.lens.examples_for(seed) == [1, 2, 3, 5, 10, 30]
+    assert minimal.lens.replicates_for(seed) == list(range(1, 11))
+    assert minimal.lens.integer_replicates_for(seed) == [1, 2, 3]
+    # "attribution at examples 1, 2, 3, 5, 10 and the last of 4 replicates; mean-ablation
+    # at the last example of the first 2 of them"
+    assert minimal.heads.examples_for(seed) == [1, 2, 3, 5, 10, 30]
+    assert minimal.heads.replicates_for(seed) == [1, 2, 3, 4]
+    assert minimal.heads.causal_examples_for(seed) == [30]
+    assert minimal.heads.causal_replicates_for(seed) == [1, 2]
+    # "a job of the default config (3 replicates × 5 pairs)", 10 context examples
+    assert minimal.patching.replicates_for(seed) == [1, 2, 3]
+    assert (minimal.patching.pairs, minimal.patching.context_examples) == (5, 10)
+
+
+def test_null_replicates_mean_all_of_them():
+    settings = load_settings(
+        _with_in(_with_in(DEFAULT, "heads.replicates", None), "patching.replicates", None)
+    )
+    seed = settings.tasks["seed_2x_plus_3"]
+    assert (
+        settings.heads.replicates_for(seed)
+        == settings.patching.replicates_for(seed)
+        == list(range(1, 11))
+    )
+
+
+def test_the_integer_lens_switch_is_honoured_by_the_lens_plan():
+    """The lens rule's params and LensPlan.for_task read the same LensSettings helpers."""
+    from iclprobe.lens import LensPlan
+
+    settings = load_settings(_with_in(DEFAULT, "lens.integers.enabled", False))
+    seed = settings.tasks["seed_2x_plus_3"]
+    assert settings.lens.integer_replicates_for(seed) == []
+    plan = LensPlan.for_task(settings.lens, seed)
+    assert plan.integer_replicates == [] and plan.candidate_range() is None
+    on = LensPlan.for_task(load_settings(DEFAULT).lens, seed)
+    assert on.integer_replicates == [1, 2, 3] and on.candidate_range() == [0, 412]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "tasks:\n  t: {function: x, x_range: [0, 9], n_examples: 3\n  u: 1\n",
+            (
+                r"line 3, column 4: expected ',' or '\}', but got ':' \(while parsing a flow mapping "
+                r"that starts on line 2, column 6\)"
+            ),
+        ),
+        (
+            "models:\n\tm: 1\n",
+            r"line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+        ("tasks: [a, b\n", r"line 2, column 1: expected ',' or '\]', but got '<stream end>'"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path, text, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid YAML: {expected}"):
+        check_config_file(path)

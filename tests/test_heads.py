@@ -195,12 +195,15 @@ def test_ablating_a_head_with_its_own_value_changes_nothing(arch):
         model(input_ids=torch.tensor([ids[:end]]))
     own = torch.stack([clean[layer] for layer in range(1, anatomy.n_layers + 1)])  # (L, H, D)
     prefix = encode_prefix(model, ids[:decision])
-    got = ablated_logprobs(
+    run = ablated_logprobs(
         model, anatomy, prefix, ids[decision:end], ids[decision + 1 : end + 1], own
     )
     expected = _plain_logprob(model, anatomy, ids, decision, end)
-    assert got.shape == (anatomy.n_layers, anatomy.n_heads)
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    assert run.logprobs.shape == (anatomy.n_layers, anatomy.n_heads)
+    np.testing.assert_allclose(run.logprobs.numpy(), expected, atol=1e-5)
+    # Each batch's unedited control row is the clean log P as well: one per layer here.
+    assert run.unedited.shape == (anatomy.n_layers,)
+    np.testing.assert_allclose(run.unedited.numpy(), expected, atol=1e-5)
 
 
 @torch.no_grad()
@@ -220,7 +223,7 @@ def test_batched_ablation_equals_a_plain_pass_with_the_same_edit(arch, layers_pe
         ids[decision + 1 : end + 1],
         means,
         layers_per_batch=layers_per_batch,
-    )
+    ).logprobs
     clean = _plain_logprob(model, anatomy, ids, decision, end)
     for layer, head in [(1, 0), (2, 3), (2, 1)]:
         value = means[layer - 1, head]
@@ -300,6 +303,53 @@ def test_direct_heatmap_caps_at_three_and_sums_each_layer(tiny_table):
         plt.close(fig)
 
 
+def test_effects_within_the_numerical_floor_are_marked(tiny_table):
+    """effect_resolved is |log ablated − log clean| > the job's floor, written in P."""
+    ablated = tiny_table.filter(pl.col("effect").is_not_null())
+    floor = ablated["floor_nats"].unique().to_list()
+    assert len(floor) == 1 and 0 <= floor[0] < 1e-4
+    smallest = ablated["p_correct"].to_numpy() * np.expm1(floor[0])
+    np.testing.assert_allclose(ablated["effect_floor"].to_numpy(), smallest, rtol=1e-12)
+    resolved = np.abs(ablated["effect"].to_numpy()) > smallest
+    assert ablated["effect_resolved"].to_list() == resolved.tolist()
+    attributed_only = tiny_table.filter(pl.col("effect").is_null())
+    assert attributed_only["effect_resolved"].is_null().all()
+
+
+def test_causal_figures_grey_out_and_do_not_rank_effects_within_the_floor(tiny_table):
+    """The strongest-looking head, declared within the floor, is drawn grey and left out of
+    the labelled heads and of the rank correlation."""
+    heads = tiny_table.filter(pl.col("effect").is_not_null(), pl.col("component") == "head")
+    top = heads.group_by("layer", "head").agg(pl.col("effect").mean().abs()).sort("effect")[-1]
+    layer, head = top["layer"][0], top["head"][0]
+    hidden = tiny_table.with_columns(
+        pl.when((pl.col("layer") == layer) & (pl.col("head") == head))
+        .then(1.0)  # a floor no effect of a probability can exceed
+        .otherwise(pl.col("effect_floor"))
+        .alias("effect_floor")
+    )
+    fig = plots.build_causal(hidden, function="2*x + 3")
+    try:
+        (image,) = [image for ax in fig.axes for image in ax.images]
+        cells = image.get_array()
+        assert cells.mask[layer - 1, head] and cells.mask.sum() >= 1
+        labelled = [t.get_position() for ax in fig.axes for t in ax.texts]
+        assert len(labelled) == 3 and (head, layer - 1) not in labelled
+        assert "numerical floor" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+    fig = plots.build_direct_vs_causal(hidden, function="2*x + 3")
+    try:
+        ax = fig.axes[0]
+        labels = {t.get_text() for t in ax.texts}
+        direct_rank = plots.paired(hidden).sort(pl.col("contribution").abs())["layer", "head"]
+        strongest_direct = {f"{r}.{h}" for r, h in direct_rank.rows()[-plots.TOP :]}
+        assert f"{layer}.{head}" not in labels - strongest_direct
+        assert "above the floor" in ax.get_title()
+    finally:
+        plt.close(fig)
+
+
 def test_causal_figures_need_causal_rows(tiny_table):
     for build in (plots.build_causal, plots.build_direct_vs_causal):
         plt.close(build(tiny_table))
@@ -364,3 +414,9 @@ def test_smollm2_heads(smollm2):
     logp = logits.log_softmax(-1)
     expected = float(sum(logp[t - 1, first.input_ids[t]] for t in span))
     assert np.log(row["ablated_p_correct"]) == pytest.approx(expected, abs=TOL)
+    # The job's floor (float32, its unedited rows against the forward stage) covers this
+    # head's disagreement with the plain pass, and its effect is far above it.
+    floor = row["floor_nats"]
+    assert 0 < floor < 1e-3
+    assert abs(np.log(row["ablated_p_correct"]) - expected) <= floor
+    assert row["effect_resolved"] and abs(row["effect"]) > 10 * row["effect_floor"]

@@ -10,6 +10,7 @@ digit-per-token and a number-per-token tokenizer; SmolLM2 for real.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import yaml
 
 from conftest import REPO, TINY_CONFIGS, digit_tokenizer, make_task, number_tokenizer, tiny_model
 from iclprobe.config import LensSettings
-from iclprobe.forward import run_forward
+from iclprobe.floor import MIN_NATS, SAFETY
+from iclprobe.forward import encode_prompts, run_forward
 from iclprobe.lens import LensPlan, classify_vocabulary, run_lens
 from iclprobe.prompts import make_prompts
 from iclprobe.tokens import encode_answer
@@ -126,7 +128,7 @@ def test_last_layer_lens_is_the_model(arch, tokenizer_kind):
         context = texts[1][: spans["answer_start"][0]]
         expected = _plain_candidate_logprobs(model, tokenizer, TASK, context, candidates)
         got = integers.filter((pl.col("example") == row["example"]) & (pl.col("layer") == n_layers))
-        assert got["candidate"].to_list() == candidates
+        assert got["candidate"].to_list() == list(candidates)
         assert got["logprob"].to_list() == pytest.approx(expected, abs=TOL)
     # A proper distribution at every layer, and not the same at every layer.
     sums = integers.group_by("example", "layer").agg(pl.col("logprob").exp().sum())
@@ -134,6 +136,27 @@ def test_last_layer_lens_is_the_model(arch, tokenizer_kind):
     spread = integers.group_by("example", "candidate").agg(pl.col("logprob").std())
     assert spread["logprob"].max() > 1e-3
     assert integers["replicate"].unique().to_list() == [1]
+    _check_floor(lens, forward, prompts, tokenizer)
+
+
+def _check_floor(lens: pl.DataFrame, forward: pl.DataFrame, prompts, tokenizer) -> None:
+    """The lens's floor: SAFETY × the largest gap between the last layer's log P of the first
+    answer token and the forward stage's, recomputed here from the two tables."""
+    last = lens.filter(pl.col("layer") == lens["layer"].max(), pl.col("rank") == 1)
+    _, encoded = encode_prompts(prompts, tokenizer)
+    gaps = []
+    for row in last.iter_rows(named=True):
+        seq = encoded[row["replicate"] - 1]
+        span = seq.answer_tokens[row["example"] - 1]
+        scores = forward.filter(
+            (pl.col("replicate") == row["replicate"]) & (pl.col("example") == row["example"])
+        )["token_logprobs"][0]
+        gaps.append(
+            abs(math.log(row["answer_prob"]) - scores[row["decision_position"] + 1 - span[0]])
+        )
+    expected = max(SAFETY * max(gaps), MIN_NATS)
+    assert lens["floor_nats"].unique().to_list() == [pytest.approx(expected, rel=1e-9)]
+    assert 0 <= lens["floor_nats"][0] < 1e-3
 
 
 def test_first_numeric_layer_is_the_first_numeric_top1():
@@ -204,6 +227,8 @@ def test_smollm2_lens_is_the_model_at_the_last_layer(smollm2):
     expected = _plain_candidate_logprobs(model, tokenizer, task, context, candidates)
     got = integers.filter(pl.col("layer") == 30).sort("candidate")["logprob"].to_list()
     assert got == pytest.approx(expected, abs=TOL)
+    _check_floor(lens, forward, prompts, tokenizer)
+    assert lens["floor_nats"][0] > 0  # float32 rounding differs between the two paths
 
 
 @pytest.mark.parametrize(

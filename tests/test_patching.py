@@ -16,6 +16,7 @@ its unpatched probability. The pair draws and the table are checked on their own
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from conftest import (
@@ -40,6 +41,7 @@ from iclprobe.hooks import capture_residual, edit_residual
 from iclprobe.patches import (
     _number_ended,
     answer_budget,
+    chunks,
     parse_answer,
     patch_replicate,
     patched,
@@ -121,10 +123,13 @@ def _plain_resid(model, anatomy, ids: list[int], at: int) -> torch.Tensor:
 
 
 def _at(position: int, value: torch.Tensor):
-    """An edit of one position of a plain pass; decoding steps after it (one token) pass through."""
+    """An edit of one position of the first pass only: decoding steps after it pass through
+    (with the position 0, a step's one token would otherwise be edited again)."""
+    calls = []
 
     def edit(resid):  # (1, S, d)
-        if resid.shape[1] <= position:
+        calls.append(resid.shape[1])
+        if len(calls) > 1:
             return resid
         out = resid.clone()
         out[0, position] = value
@@ -309,6 +314,74 @@ def test_a_candidate_off_the_path_keeps_its_unpatched_probability():
     )
 
 
+# ---------------------------------------------------------------- zero-shot, any template
+
+
+def _with_bos(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same tokenizer, adding "<s>" before every text (as Llama's and Gemma's do)."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+# Templates that start with {x}: without BOS, zero-shot targets share no first token.
+X_FIRST = {"arrow": ("{x} -> {y}", "\n"), "space": ("{x} {y}", "; ")}
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
+@pytest.mark.parametrize("template", sorted(X_FIRST))
+def test_zero_shot_patching_of_templates_that_start_with_x(tiny, template, bos):
+    """Every layer's patch equals a plain pass with one hook, whether or not the zero-shot
+    targets share a first token (8, 31 and 9 share none without BOS), and patching a target
+    with its own activations changes nothing."""
+    model, tokenizer = tiny
+    if bos:
+        if _is_smollm2(model):
+            pytest.skip("SmolLM2's tokenizer adds no BOS")
+        tokenizer = _with_bos(tokenizer)
+    text, separator = X_FIRST[template]
+    task = make_task(template=text, separator=separator)
+    context = task.context_text([3, 12, 40], [task.fn(3), task.fn(12), task.fn(40)])
+    pairs = [(5, 8), (17, 31), (22, 9)]
+    sources, paths, results = _run(model, tokenizer, context, "", pairs, task)
+    first_tokens = {p.answer.ids[0] for p in paths}
+    assert len(first_tokens) == (1 if bos else 3)
+    layers = _layers(model)
+    _check_against_plain(model, tokenizer, context, pairs, sources, paths, results, layers, task)
+    for x in (8, 31):  # the target's own zero-shot prompt as its source
+        _, _, own = _run(model, tokenizer, "", "", [(x, x)], task)
+        _assert_unchanged(own[0], logprob_tol=_logprob_tol(model))
+
+
+def test_pairs_run_in_groups_that_bound_each_tree_pass():
+    """A bound of a few tokens per pass splits the pairs into groups of their own trees; the
+    results are those of one tree (within float32 rounding)."""
+    tokenizer = digit_tokenizer()
+    model = tiny_model("llama", len(tokenizer))
+    anatomy = anatomy_of(model)
+    context, examples = _prompts()
+    pairs = [(5, 7), (12, 30), (20, 41), (9, 2)]
+    xs = [s for s, _ in pairs]
+    one = source_states(model, anatomy, tokenizer, SEED, context, xs)
+    split = source_states(model, anatomy, tokenizer, SEED, context, xs, max_tree_tokens=12)
+    for a, b in zip(one, split, strict=True):
+        torch.testing.assert_close(a.resid, b.resid, atol=1e-5, rtol=1e-5)
+    paths = [target_path(tokenizer, SEED, examples, t) for _, t in pairs]
+    whole = patch_replicate(model, anatomy, tokenizer, SEED, paths, one)
+    per_pass = anatomy.n_layers + 1 + 1  # one pair: its decision token's L + 2 copies (and d)
+    grouped = patch_replicate(model, anatomy, tokenizer, SEED, paths, one, per_pass + 1)
+    assert chunks([per_pass] * 4, per_pass + 1) == [[0], [1], [2], [3]]
+    for a, b in zip(whole, grouped, strict=True):
+        assert a.greedy_texts == b.greedy_texts and a.on_path == b.on_path
+        for y, values in a.logprobs.items():
+            assert b.logprobs[y] == pytest.approx(values, abs=1e-5)
+
+
 # ---------------------------------------------------------------- draws and the table
 
 
@@ -369,6 +442,12 @@ def test_the_table_has_one_row_per_pair_and_layer_and_consistent_outcomes():
         assert row["p_task"] == pytest.approx(math.exp(row["logprob_task"]))
         assert row["relative_depth"] == row["layer"] / n_layers
         assert row["y_task"] == task.fn(row["x_target"])
+    # The floor, from the self-patched control, marks each probability's change.
+    floors = table["floor_nats"].unique().to_list()
+    assert len(floors) == 1 and 0 <= floors[0] < 1e-4
+    for what in ("task", "answer"):
+        moved = (table[f"logprob_{what}"] - table[f"clean_logprob_{what}"]).abs() > floors[0]
+        assert table[f"{what}_effect_resolved"].to_list() == moved.to_list()
     # Each pair's values sit on its own rows: the layers of a pair share x and y.
     per_pair = table.group_by("replicate", "pair").agg(pl.col("x_source", "y_task").n_unique())
     assert (per_pair["x_source"] == 1).all() and (per_pair["y_task"] == 1).all()
@@ -385,6 +464,22 @@ def test_the_table_has_one_row_per_pair_and_layer_and_consistent_outcomes():
         context_examples=3,
     )
     assert (zero_shot["target_context"] == "zero_shot").all()
+    # A template that starts with {x}: without BOS the zero-shot targets share no token.
+    arrow = make_task(template="{x} -> {y}", separator="\n", replicates=1)
+    table = run_patching(
+        make_prompts(arrow),
+        None,
+        model,
+        tokenizer,
+        model_name="tiny",
+        task=arrow,
+        target_task=None,
+        replicates=[1],
+        pairs=3,
+        context_examples=3,
+    )
+    assert table.height == 3 * (n_layers + 1)
+    assert table["p_task"].is_between(0, 1).all() and table["greedy_text"].is_not_null().all()
 
 
 # ---------------------------------------------------------------- SmolLM2
@@ -400,6 +495,32 @@ def test_smollm2_negative_answers_leave_the_path(smollm2):
     result = results[0]
     assert (result.on_path[-8], result.on_path[15]) == (False, True)
     assert result.logprobs[-8] == [result.clean_logprobs[-8]] * 31
+
+
+@pytest.mark.real_model
+def test_smollm2_self_patching_sets_a_small_floor(smollm2):
+    """The job's control, a target patched with its own activations, moves SmolLM2's float32
+    log-probs by a little, and only changes above that count as resolved."""
+    model, tokenizer, _ = smollm2
+    torch.set_num_threads(1)
+    task = make_task(replicates=1)
+    table = run_patching(
+        make_prompts(task),
+        make_prompts(IDENTITY),
+        model,
+        tokenizer,
+        model_name="smollm2",
+        task=task,
+        target_task=IDENTITY,
+        replicates=[1],
+        pairs=2,
+        context_examples=5,
+    )
+    floor = table["floor_nats"][0]
+    assert 0 < floor < 1e-3
+    gaps = (table["logprob_task"] - table["clean_logprob_task"]).abs()
+    assert table["task_effect_resolved"].to_list() == (gaps > floor).to_list()
+    assert table["task_effect_resolved"].any()  # later layers do move P(f(x_target))
 
 
 # ---------------------------------------------------------------- settings, windows, figures
@@ -421,7 +542,7 @@ def test_patching_settings_are_checked_before_any_job():
     assert off.patching.pairs == 60
 
 
-def _synthetic(n_layers: int = 4) -> pl.DataFrame:
+def _synthetic(n_layers: int = 4, floor: float = 1e-5) -> pl.DataFrame:
     """Three pairs of one model and task: the task leads at layers 1–2, the answer at 3–4.
 
     Pair 3's target answers f(x_target) itself: its probabilities (0.9 everywhere)
@@ -458,6 +579,7 @@ def _synthetic(n_layers: int = 4) -> pl.DataFrame:
                     "outcome": "target" if pair == 3 else outcome,
                     "first_outcome": "other" if layer == 0 else outcome,
                     "source_p_answer": 0.8,
+                    "floor_nats": floor,
                 }
             )
     return pl.DataFrame(rows)
@@ -472,6 +594,11 @@ def test_windows_mark_where_the_task_and_where_the_answer_lead():
     runs = leading_runs(table)
     assert runs.select("first", "last").rows() == [(1, 2)]
     assert leading_runs(table, "answer_leads").select("first", "last").rows() == [(3, 4)]
+    # A floor of log 3 nats resolves only a lead of more than 3×: at layer 1, 0.63 against
+    # the target's 0.2, but not at layer 2 (0.525 against 0.2).
+    coarse = windows(_synthetic(floor=math.log(3)))
+    assert coarse.filter("task_leads")["layer"].to_list() == [1]
+    assert coarse.filter("answer_leads")["layer"].to_list() == [3, 4]  # 0.6, 0.7 ≥ 3 × 0.1
 
 
 def test_probability_figure_draws_the_means_of_pairs_with_three_answers():

@@ -67,12 +67,25 @@ def test_heads_summary_ranks_heads_by_mean_contribution_and_by_ablation_effect()
             "head": [0, 1, 0, 1, 0, 1, 0, 1, None],
             "contribution": [1.0, 3.0, 2.0, -1.0, 1.0, 1.0, 2.0, -1.0, 99.0],
             "effect": [-0.1, 0.0, -0.3, 0.05, -0.1, 0.0, -0.1, 0.05, None],
+            "effect_floor": [0.01] * 8 + [None],
         }
     )
     row = heads_summary(heads, n=2).row(0, named=True)
     # Means: 1.0 = 1.0, 1.1 = 2.0, 2.0 = 2.0, 2.1 = -1.0; the MLP's 99 is not a head.
     assert row["top 2 direct (logit)"] in ("1.1 (2.0), 2.0 (2.0)", "2.0 (2.0), 1.1 (2.0)")
+    # Mean effects: 1.0 = -0.1, 1.1 = 0.0 (within the floor of 0.01), 2.0 = -0.2, 2.1 = 0.05.
     assert row["top 2 ablation (ΔP)"] == "2.0 (-0.2), 1.0 (-0.1)"
+    assert row["ablations above the floor"] == "3 of 4"
+    # Head 2.0's effect within a floor of 0.5 (a P near 1, say) leaves the ranking.
+    noisy = heads.with_columns(
+        pl.when((pl.col("layer") == 2) & (pl.col("head") == 0))
+        .then(0.5)
+        .otherwise(pl.col("effect_floor"))
+        .alias("effect_floor")
+    )
+    row = heads_summary(noisy, n=2).row(0, named=True)
+    assert row["top 2 ablation (ΔP)"] == "1.0 (-0.1), 2.1 (0.05)"
+    assert row["ablations above the floor"] == "2 of 4"
 
 
 def test_patching_summary_joins_runs_of_leading_layers():

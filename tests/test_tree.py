@@ -118,3 +118,17 @@ def test_greedy_from_many_nodes_equals_generate(model):
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
         )[0, ids.shape[1] :]
         assert got[[ROOT, 0, 1].index(start)] == expected.tolist()
+
+
+@torch.no_grad()
+def test_an_empty_prefix_starts_each_root_branch_at_position_zero(model):
+    """Prompts that share no first token (no BOS, different first digits) share no prefix."""
+    a, b, c, d = _tokens(4, seed=7)
+    tree = TokenTree(model, [])
+    logits = tree.add([a, b, c, d], [ROOT, 0, ROOT, 2])
+    for node, path in {0: [a], 1: [a, b], 2: [c], 3: [c, d]}.items():
+        torch.testing.assert_close(logits[node], _plain(model, path), atol=TOL, rtol=0)
+    (e,) = _tokens(1, seed=8)
+    torch.testing.assert_close(tree.add([e], [1])[0], _plain(model, [a, b, e]), atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="prefix is empty"):
+        tree.logits(ROOT)

@@ -202,6 +202,21 @@ def test_bad_config_fails_before_any_job(tmp_path, tiny_llama_folder, change, me
     assert not (tmp_path / "results").exists()
 
 
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path):
+    """Snakemake's own message ("Config file is not valid JSON or YAML") names neither."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "models:\n  m: {path: /nowhere}\ntasks:\n  t: {function: x, x_range: [0, 9]\n  u: 1\n"
+    )
+    run = snakemake(tmp_path, "--dry-run", "all")
+    assert run.returncode != 0
+    assert re.search(
+        r"config/config\.yaml: not valid YAML: line 5, column \d+: .*flow mapping that starts on "
+        r"line 4",
+        run.stdout + run.stderr,
+    ), run.stderr[-2000:]
+
+
 def test_unreachable_hub_fails_before_any_job(tmp_path):
     """A hub id that is neither cached nor downloadable stops the run in seconds."""
     write_config(tmp_path, small_config({"hf": "no-such-org/no-such-model"}))

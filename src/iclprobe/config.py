@@ -3,15 +3,17 @@
 The JSON schema (workflow/schemas/config.schema.yaml) checks structure and
 holds every default (filled in here as Snakemake's `validate` does, so the
 settings have no second copy of them); this module checks what needs
-evaluating: task functions, templates, x ranges. Both run when the Snakefile
-is parsed, so a bad value fails before any job starts, and every message
-names the offending key and value.
+evaluating: task functions, templates, x ranges, and each stage's work against
+its bound (`iclprobe.bounds`). All run when the Snakefile is parsed, so a bad
+value fails before any job starts, and every message names the offending key
+and value.
 """
 
 from __future__ import annotations
 
 import copy
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from iclprobe.bounds import MAX_ANSWER_VALUES, MAX_X_VALUES, BoundError, check_bounds
 from iclprobe.expr import ExpressionError, IntFunction, parse_function
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -89,15 +92,27 @@ class LensSettings:
         return _first(self.replicates, task.replicates)
 
     def integer_replicates_for(self, task: Task) -> list[int]:
+        """Replicates that get the integer lens: none while `lens.integers.enabled` is false.
+
+        The lens rule's params and `LensPlan.for_task` both read this one helper.
+        """
+        if not (self.enabled and self.integers):
+            return []
         return _first(self.integer_replicates, task.replicates)
 
-    def candidates_for(self, task: Task) -> list[int]:
-        """Candidate integers: the configured range, else 0 … 4·max(y) (from min(y) if < 0)."""
+    def candidate_bounds(self, task: Task) -> tuple[int, int]:
+        """Inclusive (low, high) of the candidate integers: the configured range, else
+        0 … 4·max(y) (from min(y) when answers are negative)."""
         if self.candidate_range is not None:
             low, high = self.candidate_range
-            return list(range(low, high + 1))
+            return low, high
         answers = task.candidates()
-        return list(range(min(0, answers[0]), 4 * max(answers[-1], 1) + 1))
+        return min(0, answers[0]), 4 * max(answers[-1], 1)
+
+    def candidates_for(self, task: Task) -> range:
+        """Candidate integers as a lazy range (never a list: a default range can be huge)."""
+        low, high = self.candidate_bounds(task)
+        return range(low, high + 1)
 
 
 @dataclass(frozen=True)
@@ -244,10 +259,11 @@ class Task:
         y_start = len(self.lead)
         return text, y_start, y_start + len(str(y)) + len(self.terminator)
 
-    def candidates(self) -> list[int]:
-        """The candidate answers: answer_range if set, else every f(x) on the x range."""
+    def candidates(self) -> Sequence[int]:
+        """The candidate answers, sorted: answer_range if set (a lazy range), else every
+        f(x) on the x range."""
         if self.answer_low is not None:
-            return list(range(self.answer_low, self.answer_high + 1))
+            return range(self.answer_low, self.answer_high + 1)
         return sorted(set(self.fn.values(self.xs)))
 
     def as_params(self) -> dict[str, Any]:
@@ -344,9 +360,38 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def check_config_file(path: Path | str) -> None:
-    """Refuse a config file with duplicate keys, e.g. two tasks of the same name."""
+    """Refuse a config file that is not YAML, or has duplicate keys (two tasks of one name).
+
+    The message names the file, the line and the column: Snakemake's own message
+    for a file it cannot read names neither.
+    """
     with open(path, encoding="utf-8") as fh:
-        yaml.load(fh, Loader=_StrictLoader)
+        try:
+            yaml.load(fh, Loader=_StrictLoader)
+        except yaml.MarkedYAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+
+
+def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    """'line 5, column 4: expected ... (while parsing ... that starts on line 4, column 6)'."""
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = err.problem_mark or err.context_mark
+    text = f"{at(mark)}: {err.problem or err.context}" if mark else str(err)
+    if err.context and err.problem and err.context_mark is not None:
+        text += f" ({err.context} that starts on {at(err.context_mark)})"
+    return text
+
+
+def check_config_files(paths) -> None:
+    """`check_config_file` for each of `paths` that exists."""
+    for path in paths:
+        if Path(path).is_file():
+            check_config_file(path)
 
 
 def with_defaults(raw: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -418,12 +463,11 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
         patching=PatchingSettings(**raw["patching"]),
     )
     check_consistency(settings)
+    try:
+        check_bounds(settings)
+    except BoundError as err:
+        raise ConfigError(str(err)) from None
     return settings
-
-
-# Every f(x) is evaluated at each parse (the answer set, the candidates): a range of
-# 10**9 x values would hang the Snakefile. 10,000 covers every 4-digit x.
-MAX_X_VALUES = 10_000
 
 
 def check_consistency(settings: Settings) -> None:
@@ -545,6 +589,12 @@ def _build_task(name: str, spec: dict[str, Any], raw: dict[str, Any]) -> Task:
     if answer is not None:
         if answer[0] > answer[1]:
             raise ConfigError(f"{where}.answer_range: {answer} is empty; write [low, high]")
+        if answer[1] - answer[0] + 1 > MAX_ANSWER_VALUES:
+            raise ConfigError(
+                f"{where}.answer_range: {answer} holds {answer[1] - answer[0] + 1} values; at "
+                f"most {MAX_ANSWER_VALUES} (2**53: the uniform code's |Y| is stored as an "
+                "integer and used as a float)"
+            )
         outside = [
             (x, y) for x, y in zip(task.xs, ys, strict=True) if not answer[0] <= y <= answer[1]
         ]

@@ -41,6 +41,13 @@ SmolLM2) are predicted before the edit and keep their clean log-probability.
 Clean log-probabilities are the forward stage's (its logits cache): `p_correct`
 is exp(logprob) of the forward table, and `effect` = ablated − clean P(correct).
 
+Numerical floor. Every ablation batch also runs one row with no head replaced;
+its log P against the forward stage's clean one is the float32 disagreement of
+this path (`iclprobe.floor`). The table carries the job's floor (`floor_nats`),
+the smallest change of P it resolves per row (`effect_floor` = p_correct ·
+(e^floor − 1)) and `effect_resolved`; summaries and figures rank only resolved
+effects.
+
 Shapes follow the glossary of `iclprobe.anatomy`; n is the number of decision
 positions looked at in one replicate.
 """
@@ -48,6 +55,7 @@ positions looked at in one replicate.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ import polars as pl
 import torch
 
 from iclprobe.anatomy import Anatomy, anatomy_of
+from iclprobe.floor import floor_nats
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_branches, capture_heads, capture_residual, edit_heads
 from iclprobe.prefix import Prefix, encode_prefixes, run_suffixes
@@ -98,6 +107,9 @@ SCHEMA = {
     "p_correct": pl.Float64,
     "ablated_p_correct": pl.Float64,
     "effect": pl.Float64,
+    "floor_nats": pl.Float64,
+    "effect_floor": pl.Float64,
+    "effect_resolved": pl.Boolean,
 }
 
 
@@ -224,6 +236,14 @@ def _replace_at_decision(rows: torch.Tensor, values: torch.Tensor):
     return edit
 
 
+@dataclass
+class Ablations:
+    """`ablated_logprobs`'s result: per head, and the unedited control row of each batch."""
+
+    logprobs: torch.Tensor  # (L, H): log P(targets) with that head replaced
+    unedited: torch.Tensor  # (n batches,): log P(targets) of each batch's row left clean
+
+
 @torch.inference_mode()
 def ablated_logprobs(
     model,
@@ -233,18 +253,22 @@ def ablated_logprobs(
     targets: list[int],
     means: torch.Tensor,
     layers_per_batch: int = 1,
-) -> torch.Tensor:
+) -> Ablations:
     """log P(targets) with one head at a time replaced at suffix position 0: (L, H).
 
     `suffix` (S tokens) starts with the decision token; `targets` (S) are the
     tokens each suffix position predicts; `means` (L, H, D) the replacement of
-    each head's output. Row h of a layer's batch replaces head h only.
+    each head's output. Row h of a layer's batch replaces head h only. Each
+    batch also runs one row with no head replaced: it should give the clean
+    log P, and how far it does not is the float32 floor of this path
+    (`numerical_floor`), measured in the same batch shapes as the ablations.
     """
     if len(suffix) != len(targets):
         raise ValueError(f"{len(suffix)} suffix tokens but {len(targets)} targets")
     n_layers, n_heads = anatomy.n_layers, anatomy.n_heads
     device = anatomy.unembed.weight.device
     out = torch.empty(n_layers, n_heads)
+    unedited = []
     target = torch.tensor(targets, device=device)  # (S,)
     steps = torch.arange(len(suffix), device=device)  # (S,)
     for first in range(1, n_layers + 1, layers_per_batch):
@@ -254,11 +278,13 @@ def ablated_logprobs(
                 rows = torch.arange(i * n_heads, (i + 1) * n_heads, device=device)  # (H,)
                 edit = _replace_at_decision(rows, means[layer - 1].to(device))
                 edits.enter_context(edit_heads(anatomy, layer, edit))
-            run = run_suffixes(model, prefix, [suffix] * (len(layers) * n_heads))
+            # The last row is the control: no edit touches it.
+            run = run_suffixes(model, prefix, [suffix] * (len(layers) * n_heads + 1))
         logp = run.logits.log_softmax(-1)  # (B, S, V)
-        picked = logp[:, steps, target].sum(-1)  # (B,)
-        out[first - 1 : layers[-1]] = picked.view(len(layers), n_heads).cpu()
-    return out
+        picked = logp[:, steps, target].sum(-1).cpu()  # (B,)
+        out[first - 1 : layers[-1]] = picked[:-1].view(len(layers), n_heads)
+        unedited.append(picked[-1])
+    return Ablations(out, torch.stack(unedited))
 
 
 # ------------------------------------------------------------------- the stage
@@ -370,16 +396,17 @@ def _leave_one_out_means(runs: list[_Replicate], replicate: int, example: int) -
 
 
 def _ablate(model, anatomy, rep: _Replicate, example: int, means, layers_per_batch):
-    """Ablated P(correct) for every head at one example of one replicate; rows and tokens run."""
+    """Ablated P(correct) for every head at one example of one replicate; tokens run; and
+    how far each batch's unedited row is from the clean log P (nats, the floor's samples)."""
     ids, decision, span = rep.sequence.input_ids, rep.decision(example), rep.span(example)
     prefix = rep.run.prefixes[decision]
     suffix = ids[decision : span[-1]]  # the decision token and the answer tokens it leads to
     targets = ids[decision + 1 : span[-1] + 1]
     # Answer tokens up to the decision token are predicted before the edit: clean.
     unaffected = rep.logprob(example, through=decision)
-    ablated = unaffected + ablated_logprobs(
-        model, anatomy, prefix, suffix, targets, means, layers_per_batch
-    )  # (L, H)
+    run = ablated_logprobs(model, anatomy, prefix, suffix, targets, means, layers_per_batch)
+    ablated = unaffected + run.logprobs  # (L, H)
+    deviation = (unaffected + run.unedited - rep.logprob(example)).abs()  # (n batches,)
     n_layers, n_heads = ablated.shape
     frame = pl.DataFrame(
         {
@@ -391,7 +418,7 @@ def _ablate(model, anatomy, rep: _Replicate, example: int, means, layers_per_bat
             "ablated_p_correct": ablated.exp().reshape(-1).double().numpy(),
         }
     )
-    return frame, len(suffix) * n_layers * n_heads
+    return frame, len(suffix) * (n_layers * n_heads + len(run.unedited)), deviation
 
 
 def _check_decisions(replicates, encoded, forward: pl.DataFrame) -> None:
@@ -471,28 +498,42 @@ def run_heads(
     by_replicate = {rep.replicate: rep for rep in runs}
     todo = [(r, e) for r in causal_replicates for e in causal_examples]
     layers_per_batch = max(1, batch_rows // anatomy.n_heads)
-    ablations, tokens, started = [], 0, time.monotonic()
+    ablations, deviations, tokens, started = [], [], 0, time.monotonic()
     for replicate, example in todo:
         means = _leave_one_out_means(runs, replicate, example)
-        ablation, n = _ablate(
+        ablation, n, deviation = _ablate(
             model, anatomy, by_replicate[replicate], example, means, layers_per_batch
         )
         ablations.append(ablation)
+        deviations.append(deviation)
         tokens += n
         _rate("mean-ablation: example", len(ablations), len(todo), tokens, started)
+    floor = None
     if ablations:
         keys = ["replicate", "example", "layer", "component", "head"]
         frame = frame.join(pl.concat(ablations), on=keys, how="left")
+        floor = floor_nats(torch.cat(deviations).tolist())
+        log.info(
+            "numerical floor: unedited rows within %.2g nats of the clean log P; floor %.2g nats",
+            float(torch.cat(deviations).max()),
+            floor,
+        )
     else:
         frame = frame.with_columns(pl.lit(None, pl.Float64).alias("ablated_p_correct"))
-    return _finish(frame, prompts, tokenizer, model_name)
+    return _finish(frame, prompts, tokenizer, model_name, floor)
 
 
-def _finish(frame: pl.DataFrame, prompts: pl.DataFrame, tokenizer, model_name: str):
-    """Add the keys, the target token's text and the effect; order columns and rows."""
+def _finish(
+    frame: pl.DataFrame, prompts: pl.DataFrame, tokenizer, model_name: str, floor: float | None
+):
+    """Add the keys, the target token's text, the effect and whether the floor resolves it;
+    order columns and rows."""
     keys = prompts.select("task", "replicate", "example", "x", "y").unique()
     texts = {t: tokenizer.decode([t]) for t in frame["target_token_id"].unique().to_list()}
     component_order = pl.Enum(["embed", "head", "attn_bias", "mlp", "final_bias"])
+    effect = pl.col("ablated_p_correct") - pl.col("p_correct")
+    # |log ablated − log clean| > floor, written in P: the floor's share of the clean P.
+    smallest = pl.col("p_correct") * math.expm1(floor) if floor is not None else pl.lit(None)
     return (
         frame.join(keys, on=["replicate", "example"], how="left", validate="m:1")
         .with_columns(
@@ -500,8 +541,13 @@ def _finish(frame: pl.DataFrame, prompts: pl.DataFrame, tokenizer, model_name: s
             pl.col("target_token_id")
             .replace_strict(texts, return_dtype=pl.String)
             .alias("target_token"),
-            (pl.col("ablated_p_correct") - pl.col("p_correct")).alias("effect"),
+            effect.alias("effect"),
+            pl.lit(floor, pl.Float64).alias("floor_nats"),
         )
+        .with_columns(
+            pl.when(pl.col("effect").is_not_null()).then(smallest).alias("effect_floor"),
+        )
+        .with_columns((pl.col("effect").abs() > pl.col("effect_floor")).alias("effect_resolved"))
         .select(list(SCHEMA))
         .cast(SCHEMA)
         .sort("replicate", "example", pl.col("component").cast(component_order), "layer", "head")

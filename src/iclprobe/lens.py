@@ -21,8 +21,10 @@ text is a minus sign or digits, optionally led by a minus sign ("␠-" too).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ import torch
 
 from iclprobe.anatomy import Anatomy, anatomy_of
 from iclprobe.config import LensSettings, Task
+from iclprobe.floor import floor_nats
 from iclprobe.forward import encode_prompts
 from iclprobe.hooks import capture_residual
 from iclprobe.integer_lens import candidate_paths, check_paths, integer_distributions
@@ -174,25 +177,34 @@ def _integers_frame(logprobs: torch.Tensor, example: int, candidates: list[int])
 
 @dataclass(frozen=True)
 class LensPlan:
-    """What to look at: examples (1-based), replicates, and the integer lens's share."""
+    """What to look at: examples (1-based), replicates, and the integer lens's share.
+
+    `candidates` is a sorted sequence (a lazy `range` from the settings); it is
+    read only for the integer replicates, and empty when there are none.
+    """
 
     examples: list[int]
     replicates: list[int]
     top_k: int
     integer_replicates: list[int]
-    candidates: list[int]
+    candidates: Sequence[int]
 
     @classmethod
     def for_task(cls, settings: LensSettings, task: Task) -> LensPlan:
-        """The plan the config's lens settings make for `task` (the lens rule passes the
-        same values as its params)."""
+        """The plan the config's lens settings make for `task`; the lens rule's params come
+        from the same `LensSettings` helpers."""
+        integer_replicates = settings.integer_replicates_for(task)
         return cls(
             examples=settings.examples_for(task),
             replicates=settings.replicates_for(task),
             top_k=settings.top_k,
-            integer_replicates=settings.integer_replicates_for(task),
-            candidates=settings.candidates_for(task),
+            integer_replicates=integer_replicates,
+            candidates=settings.candidates_for(task) if integer_replicates else range(0),
         )
+
+    def candidate_range(self) -> list[int] | None:
+        """[low, high] of the candidates, as the tables' metadata records it."""
+        return [self.candidates[0], self.candidates[-1]] if self.candidates else None
 
 
 @dataclass
@@ -255,7 +267,7 @@ def run_lens(
     if missing:
         raise ValueError(f"the forward table of task {task.name!r} has no replicates {missing}")
     paths = candidate_paths(tokenizer, task, plan.candidates) if plan.integer_replicates else []
-    lens_parts, integer_parts, texts = [], [], {}
+    lens_parts, integer_parts, texts, deviations = [], [], {}, []
     started, n_tokens = time.monotonic(), 0
     for count, (rep, seq) in enumerate(zip(replicates, encoded, strict=True), start=1):
         rows = keys.filter(pl.col("replicate") == rep)
@@ -274,6 +286,7 @@ def run_lens(
                     texts[token] = tokenizer.decode([token], clean_up_tokenization_spaces=False)
             frame = _lens_frame(arrays, examples, answer_ids, texts)
             lens_parts.append(frame.with_columns(pl.lit(rep).alias("replicate")))
+            deviations += _last_layer_deviations(arrays["answer_prob"][-1], seq, rows)
         if integers:
             for example, y in zip(examples, rows["y"], strict=True):
                 answer = [seq.input_ids[t] for t in seq.answer_tokens[example - 1]]
@@ -295,12 +308,33 @@ def run_lens(
             elapsed,
             n_tokens / max(elapsed, 1e-9),
         )
+    floor = floor_nats(deviations)
+    if floor is not None:
+        log.info(
+            "numerical floor: the last layer's read-out within %.2g nats of the forward "
+            "stage's; floor %.2g nats",
+            max(deviations),
+            floor,
+        )
     xy = keys.select("model", "task", "replicate", "example", "x", "y", "decision_position")
     lens = _finish(lens_parts, _LENS_SCHEMA, xy, ["layer", "rank"])
+    lens = lens.with_columns(pl.lit(floor, pl.Float64).alias("floor_nats"))
     integer_table = _finish(
         integer_parts, _INTEGERS_SCHEMA, xy.drop("decision_position"), ["layer", "candidate"]
     )
     return lens, integer_table
+
+
+def _last_layer_deviations(answer_prob: np.ndarray, seq, rows: pl.DataFrame) -> list[float]:
+    """|log P(first answer token)| of the lens at layer L against the forward stage's (a plain
+    pass): the float32 floor of the lens's path, per position read (nats)."""
+    out = []
+    for e, p, logprobs in zip(rows["example"], answer_prob, rows["token_logprobs"], strict=True):
+        span = seq.answer_tokens[e - 1]
+        plain = logprobs[seq.decision[e - 1] + 1 - span[0]]
+        if p > 0:  # a probability that underflowed float32 says nothing of the rounding
+            out.append(abs(math.log(float(p)) - plain))
+    return out
 
 
 def _finish(

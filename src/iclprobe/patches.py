@@ -20,6 +20,13 @@ this module runs it. Per replicate:
    and most greedy answers; layers whose greedy answer leaves every candidate
    are decoded on, all pairs together.
 
+Prompts share the tokens before their decision positions where they can (a
+BOS, a target context of examples): those run once, as the tree's prefix.
+Zero-shot prompts of a template that starts with {x}, under a tokenizer
+without BOS, share nothing: the prefix is empty and each prompt is a chain
+of its own from position 0. Pairs run in groups whose patched pass holds at
+most `bounds.MAX_TREE_TOKENS` new tokens, one tree per group.
+
 A candidate whose tokens leave the target's path at or before d (SmolLM2
 writes "␠-" for the space before a negative number, replacing the "␠" at d)
 never passes the patched position: it is scored once, unpatched, and that
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iclprobe.anatomy import Anatomy
+from iclprobe.bounds import MAX_TREE_TOKENS
 from iclprobe.config import Task
 from iclprobe.hooks import capture_residual, edit_residual
 from iclprobe.tokens import AnswerTokens, TokenizationError, encode_answer
@@ -49,17 +57,35 @@ def _number_ended(text: str) -> bool:
 
 
 def shared_length(answers: list[AnswerTokens]) -> int:
-    """Tokens all paths share that come before every decision position and boundary."""
+    """Tokens all paths share that come before every decision position and boundary.
+
+    May be 0: zero-shot prompts of a template that starts with {x}, under a
+    tokenizer that adds no BOS, begin with different digits; their tree then
+    has an empty prefix and each prompt is a chain of its own from position 0.
+    """
     first = answers[0].ids
     n = min(min(a.decision, a.boundary) for a in answers)
     for a in answers[1:]:
         n = next((i for i in range(n) if a.ids[i] != first[i]), n)
-    if n == 0:
-        raise TokenizationError(
-            "the prompts share no token before their answers, so they cannot share a cached "
-            "context (a tokenizer without BOS that merges the first characters?)"
-        )
     return n
+
+
+def chunks(sizes: list[int], limit: int = MAX_TREE_TOKENS) -> list[list[int]]:
+    """Consecutive groups of item indices whose sizes (tree tokens) sum to at most `limit`.
+
+    An item larger than `limit` alone makes a group of its own. Each group is
+    run as one tree, so a tree pass holds at most `limit` new tokens however
+    many pairs a replicate has (`iclprobe.bounds.TREE_TOKENS`).
+    """
+    groups: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if not groups or total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += size
+    return groups
 
 
 @dataclass
@@ -134,11 +160,28 @@ class SourceState:
 
 @torch.inference_mode()
 def source_states(
-    model, anatomy: Anatomy, tokenizer, task: Task, context: str, xs: list[int]
+    model,
+    anatomy: Anatomy,
+    tokenizer,
+    task: Task,
+    context: str,
+    xs: list[int],
+    max_tree_tokens: int = MAX_TREE_TOKENS,
 ) -> list[SourceState]:
-    """Every x's residual stream at every layer at its decision position, from one tree."""
+    """Every x's residual stream at every layer at its decision position, from one tree
+    per group of at most `max_tree_tokens` new tokens."""
     fn = task.fn
     answers = [encode_answer(tokenizer, context + task.query_text(x), task, fn(x)) for x in xs]
+    shared = shared_length(answers)
+    sizes = [a.span[-1] - shared for a in answers]
+    states = []
+    for group in chunks(sizes, max_tree_tokens):
+        group_xs = [xs[i] for i in group]
+        states += _source_group(model, anatomy, fn, group_xs, [answers[i] for i in group])
+    return states
+
+
+def _source_group(model, anatomy: Anatomy, fn, xs, answers) -> list[SourceState]:
     shared = shared_length(answers)
     tree = TokenTree(model, answers[0].ids[:shared])
     queue, chains = _Branches(), []
@@ -290,8 +333,13 @@ def _score(tree: TokenTree, t: _Target, task: Task, tokenizer, ys, budget: int) 
 
 
 def answer_budget(task: Task, ys: list[int]) -> int:
-    """Tokens after d a greedy answer may take: sign, digits, terminator, a token each at most."""
-    return max(len(str(y)) for y in (*task.candidates(), *ys)) + 2
+    """Tokens after d a greedy answer may take: sign, digits, terminator, a token each at most.
+
+    The longest candidate is at one end of the sorted candidates (a lazy range
+    for an answer_range, never walked).
+    """
+    candidates = task.candidates()
+    return max(len(str(y)) for y in (candidates[0], candidates[-1], *ys)) + 2
 
 
 def _ends(tokenizer, lead: list[int]):
@@ -332,8 +380,25 @@ def patch_replicate(
     task: Task,
     paths: list[TargetPath],
     sources: list[SourceState],
+    max_tree_tokens: int = MAX_TREE_TOKENS,
 ) -> list[PairResult]:
-    """Patch each source into its target path at every layer 0…L (see the module docstring)."""
+    """Patch each source into its target path at every layer 0…L (see the module docstring).
+
+    Pairs run in groups whose patched pass holds at most `max_tree_tokens` new
+    tokens (each pair: its path from the shared prefix to d, and L + 2 copies).
+    """
+    n = anatomy.n_layers + 1
+    shared = shared_length([p.answer for p in paths])
+    sizes = [p.answer.decision - shared + n + 1 for p in paths]
+    budget = answer_budget(task, [s.y for s in sources])
+    results = []
+    for group in chunks(sizes, max_tree_tokens):
+        group_paths, group_sources = [paths[i] for i in group], [sources[i] for i in group]
+        results += _patch_group(model, anatomy, tokenizer, task, group_paths, group_sources, budget)
+    return results
+
+
+def _patch_group(model, anatomy: Anatomy, tokenizer, task: Task, paths, sources, budget):
     n = anatomy.n_layers + 1
     shared = shared_length([p.answer for p in paths])
     tree = TokenTree(model, paths[0].answer.ids[:shared])
@@ -348,7 +413,6 @@ def patch_replicate(
         targets.append(_Target(path, source, shared, chain, copies))
     with patched(anatomy, patches):  # slots are node indices: the tree starts empty
         tree.add(queue.tokens, queue.parents)
-    budget = answer_budget(task, [s.y for s in sources])
     defaults = _greedy_through_patch(tree, targets, tokenizer, budget)
     scored = []
     for t, (tokens, through) in zip(targets, defaults, strict=True):

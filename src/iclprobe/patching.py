@@ -33,6 +33,13 @@ probability is the unpatched target's, at every layer. The greedy answer obeys
 the same rule: if the unpatched target's greedy tokens leave the path before
 d, every layer's greedy answer is the unpatched one.
 
+Numerical floor. Per replicate, the first pair's target is also patched with
+its own activations, in the same tree: it should change nothing, and how far
+it moves any candidate's log P at any layer is the float32 floor of this path
+(`iclprobe.floor`). The table carries it (`floor_nats`) and marks each
+probability's change from the unpatched target (`task_effect_resolved`,
+`answer_effect_resolved`); the windows count a lead only beyond it.
+
 Cost. Tokens before d are unchanged by a patch at d: the target's context is
 run once per replicate, and every (pair, layer) patch recomputes only the
 token at d and the candidates' tokens after it, as nodes of one token tree
@@ -49,6 +56,7 @@ import polars as pl
 
 from iclprobe.anatomy import anatomy_of
 from iclprobe.config import Task
+from iclprobe.floor import floor_nats
 from iclprobe.patches import (
     PairResult,
     SourceState,
@@ -166,7 +174,7 @@ def run_patching(
     """
     check_boundary(tokenizer, task, model_name)
     anatomy = anatomy_of(model)
-    records = []
+    records, deviations = [], []
     counter = _TokenCounter(model)
     started, cpu = time.monotonic(), time.process_time()
     try:
@@ -181,7 +189,13 @@ def run_patching(
                 model, anatomy, tokenizer, task, task.context_text(sx, sy), [s for s, _ in drawn]
             )
             paths = [target_path(tokenizer, task, examples, t) for _, t in drawn]
-            results = patch_replicate(model, anatomy, tokenizer, task, paths, sources)
+            # The control, in the same tree: the first pair's target patched with its own
+            # activations. It should change nothing; how far it does is the floor.
+            own = source_states(model, anatomy, tokenizer, task, examples, [drawn[0][1]])
+            results = patch_replicate(
+                model, anatomy, tokenizer, task, [*paths, paths[0]], [*sources, *own]
+            )
+            deviations += self_patch_deviations(results.pop())
             for n_pair, (source, path, result) in enumerate(
                 zip(sources, paths, results, strict=True), start=1
             ):
@@ -201,7 +215,24 @@ def run_patching(
             )
     finally:
         counter.close()
-    return _table(records, model_name, task, target_task, anatomy.n_layers)
+    floor = floor_nats(deviations)
+    log.info(
+        "numerical floor: self-patching moved log-probs by at most %.2g nats; floor %.2g nats",
+        max(deviations),
+        floor,
+    )
+    return _table(records, model_name, task, target_task, anatomy.n_layers, floor)
+
+
+def self_patch_deviations(result: PairResult) -> list[float]:
+    """|log P patched − log P unpatched| of a target patched with its own activations, for
+    every candidate through the patched position and every layer (nats)."""
+    return [
+        abs(value - result.clean_logprobs[y])
+        for y, values in result.logprobs.items()
+        if result.on_path[y]
+        for value in values
+    ]
 
 
 def _record(replicate, pair, source: SourceState, path: TargetPath, result: PairResult) -> dict:
@@ -266,8 +297,16 @@ _PER_LAYER = [
 _PROBABILITIES = ["task", "answer", "target_default"]
 
 
-def _table(records: list[dict], model_name: str, task: Task, target: Task | None, n_layers: int):
-    """One row per (replicate, pair, layer): probabilities, greedy answer and its class."""
+def _table(
+    records: list[dict],
+    model_name: str,
+    task: Task,
+    target: Task | None,
+    n_layers: int,
+    floor: float,
+):
+    """One row per (replicate, pair, layer): probabilities, greedy answer and its class, and
+    whether the floor resolves each probability's change from the unpatched target."""
     value = pl.col("greedy_text").str.extract(answer_pattern(task)).cast(pl.Int64)
     # The target's own answer first: where it coincides with f(x_t) or f(x_s), the
     # patch changed nothing that could be seen.
@@ -300,7 +339,17 @@ def _table(records: list[dict], model_name: str, task: Task, target: Task | None
             pl.col("source_logprob_answer").exp().alias("source_p_answer"),
             *probabilities,
         )
-        .with_columns(value.alias("greedy_value"), distinct.alias("default_distinct"))
+        .with_columns(
+            value.alias("greedy_value"),
+            distinct.alias("default_distinct"),
+            pl.lit(floor, pl.Float64).alias("floor_nats"),
+            *[
+                ((pl.col(f"logprob_{what}") - pl.col(f"clean_logprob_{what}")).abs() > floor).alias(
+                    f"{what}_effect_resolved"
+                )
+                for what in ("task", "answer")
+            ],
+        )
         .with_columns(outcome.alias("outcome"))
         .select(
             "model",
@@ -330,6 +379,9 @@ def _table(records: list[dict], model_name: str, task: Task, target: Task | None
             "clean_greedy_text",
             "source_p_answer",
             "answer_on_path",
+            "floor_nats",
+            "task_effect_resolved",
+            "answer_effect_resolved",
             pl.col("^.*logprob.*$"),
         )
         .sort("replicate", "pair", "layer")

@@ -19,8 +19,9 @@ def windows(table: pl.DataFrame) -> pl.DataFrame:
     Means run over the pairs whose unpatched target answers something other
     than f(x_t) and f(x_s) (`default_distinct`), so that the three probabilities
     are of three answers. `task_leads`: mean p_task exceeds both mean p_answer
-    and mean p_target_default (or there is no target answer to exceed);
-    `answer_leads` likewise for p_answer.
+    and mean p_target_default (or there is no target answer to exceed) by more
+    than the job's numerical floor (`floor_nats`: its log exceeds theirs by
+    more, `iclprobe.floor`); `answer_leads` likewise for p_answer.
     """
     keys = ["model", "task", "target_context", "layer", "n_layers", "relative_depth"]
     means = (
@@ -30,12 +31,15 @@ def windows(table: pl.DataFrame) -> pl.DataFrame:
             pl.len().alias("n_pairs"),
             pl.col("p_task", "p_answer", "p_target_default").mean(),
             pl.col("source_p_answer").mean(),
+            pl.col("floor_nats").max(),
         )
     )
     default = pl.col("p_target_default")
+    margin = pl.col("floor_nats").fill_null(0.0).exp()
 
     def leads(this: str, other: str) -> pl.Expr:
-        return (pl.col(this) > pl.col(other)) & (default.is_null() | (pl.col(this) > default))
+        above = pl.col(this) > pl.col(other) * margin
+        return above & (default.is_null() | (pl.col(this) > default * margin))
 
     return means.with_columns(
         leads("p_task", "p_answer").alias("task_leads"),

@@ -132,22 +132,43 @@ def _ranked(frame: pl.DataFrame, value: str, descending: bool, n: int) -> pl.Dat
     )
 
 
+def head_effects(heads: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task, layer, head) with an ablation: the mean effect, the mean smallest
+    change the floor resolves, and whether the mean effect exceeds it (`resolved`)."""
+    return (
+        heads.filter(pl.col("component") == "head", pl.col("effect").is_not_null())
+        .group_by("model", "task", "layer", "head")
+        .agg(pl.col("effect", "effect_floor").mean())
+        .with_columns((pl.col("effect").abs() > pl.col("effect_floor")).alias("resolved"))
+    )
+
+
 def heads_summary(heads: pl.DataFrame, n: int = 3) -> pl.DataFrame:
     """Per (model, task): the heads that write most of the answer's logit (mean direct
     contribution at the decision position) and, where ablations ran, the heads whose
-    mean-ablation lowers P(answer) most."""
+    mean-ablation lowers P(answer) most, among those whose mean effect the numerical floor
+    resolves (how many do is a column of its own)."""
     per_head = (
         heads.filter(pl.col("component") == "head")
         .group_by("model", "task", "layer", "head")
-        .agg(pl.col("contribution").mean(), pl.col("effect").mean())
+        .agg(pl.col("contribution").mean())
     )
     out = _ranked(per_head, "contribution", True, n).rename(
         {"contribution": f"top {n} direct (logit)"}
     )
-    ablated = per_head.filter(pl.col("effect").is_not_null())
-    if ablated.height:
-        hurt = _ranked(ablated, "effect", False, n).rename({"effect": f"top {n} ablation (ΔP)"})
-        out = out.join(hurt, on=["model", "task"], how="left")
+    effects = head_effects(heads)
+    if effects.height:
+        hurt = _ranked(effects.filter("resolved"), "effect", False, n).rename(
+            {"effect": f"top {n} ablation (ΔP)"}
+        )
+        counts = effects.group_by("model", "task").agg(
+            pl.format("{} of {}", pl.col("resolved").sum(), pl.len()).alias(
+                "ablations above the floor"
+            )
+        )
+        out = out.join(hurt, on=["model", "task"], how="left").join(
+            counts, on=["model", "task"], how="left"
+        )
     return out.sort("model", "task")
 
 
@@ -250,7 +271,9 @@ STAGE_SUMMARIES = {
             "Heads named layer.head. Direct: mean contribution to the answer token's centred "
             "logit at the decision position (logits). Ablation: mean change of P(answer span) when "
             "the head's output there is replaced by its mean over other replicates (negative: the "
-            "head helps)."
+            "head helps), ranked among the heads whose change exceeds the numerical floor (the "
+            "float32 disagreement of the batched path with a plain pass, measured in each job); "
+            "'ablations above the floor' counts them."
         ),
     ),
     "patching": (
@@ -260,8 +283,9 @@ STAGE_SUMMARIES = {
             "The source prompt's residual stream at one layer replaces the target's at the "
             "decision position. task leads: layers where the target then most often answers the "
             "source's task applied to its own x (mean P above the source's answer and the target's "
-            "own); answer leads: layers where it most often copies the source's answer; empty: no "
-            "such layer. source P(own answer): how well the source itself does its task."
+            "own by more than the numerical floor); answer leads: layers where it most often "
+            "copies the source's answer; empty: no such layer. source P(own answer): how well the "
+            "source itself does its task."
         ),
     ),
 }

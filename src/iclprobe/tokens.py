@@ -18,6 +18,7 @@ No torch here: the Snakefile's parse-time checks import this module.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,11 +119,16 @@ def encode(tokenizer, text: str, spans: list[AnswerSpan]) -> EncodedSequence:
 
 
 def boundary_probes(task: Task) -> list[int]:
-    """Candidate answers worth tokenizing: the smallest, the largest, one of each sign."""
+    """Candidate answers worth tokenizing: the smallest, the largest, one of each sign.
+
+    The candidates are sorted (a lazy range for an answer_range): found by
+    bisection, never by walking them.
+    """
     candidates = task.candidates()
     picks = {candidates[0], candidates[-1]}
-    picks |= {next((c for c in candidates if c < 0), candidates[0])}
-    picks |= {next((c for c in candidates if c >= 0), candidates[-1])}
+    first_nonnegative = bisect_left(candidates, 0)
+    if first_nonnegative < len(candidates):
+        picks.add(candidates[first_nonnegative])
     return sorted(picks)
 
 

@@ -51,8 +51,8 @@ class TokenTree:
     """
 
     def __init__(self, model, ids: list[int]):
-        if not ids:
-            raise ValueError("a token tree needs a prefix of at least one token")
+        """Run the prefix `ids`; it may be empty (prompts that share no first token), and
+        then nodes whose parent is ROOT start their own sequences at position 0."""
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -61,15 +61,17 @@ class TokenTree:
         self._check_depth(self.prefix_length)
         # A cache built without the config keeps every position in every layer (see above).
         self.cache = DynamicCache()
-        with torch.inference_mode():
-            out = model(
-                input_ids=torch.tensor([ids], device=self.device),  # (1, P)
-                use_cache=True,
-                logits_to_keep=1,
-                **{_cache_argument(type(model)): self.cache},
-            )
-        self.cache = _returned_cache(out)
-        self.prefix_logits = out.logits[0, -1].float()  # (V,)
+        self.prefix_logits = None  # nothing predicts the first token of an empty prefix
+        if ids:
+            with torch.inference_mode():
+                out = model(
+                    input_ids=torch.tensor([ids], device=self.device),  # (1, P)
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{_cache_argument(type(model)): self.cache},
+                )
+            self.cache = _returned_cache(out)
+            self.prefix_logits = out.logits[0, -1].float()  # (V,)
         self.lines: list[list[int]] = []  # per node: its ancestors' indices and its own
         self._logits: list[torch.Tensor] = []  # per node: (V,)
 
@@ -79,7 +81,11 @@ class TokenTree:
 
     def logits(self, node: int) -> torch.Tensor:
         """Logits (V,) predicting the token after `node` (ROOT: after the prefix)."""
-        return self.prefix_logits if node == ROOT else self._logits[node]
+        if node != ROOT:
+            return self._logits[node]
+        if self.prefix_logits is None:
+            raise ValueError("the tree's prefix is empty: nothing predicts a first token")
+        return self.prefix_logits
 
     def depth(self, node: int) -> int:
         """Tokens from the prefix to `node`, itself included (ROOT: 0)."""

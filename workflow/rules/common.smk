@@ -2,17 +2,14 @@
 from pathlib import Path
 
 from iclprobe.code_version import code_version
-from iclprobe.config import ConfigError, check_config_file, load_settings
+from iclprobe.config import ConfigError, load_settings
 from iclprobe.io import FORMAT_VERSION, set_aside_stale
 from iclprobe.preflight import PreflightError, check_prepared
 from iclprobe.sources import ModelError, check_source, current_digest
 
 try:
-    for path in ["config/config.yaml", *workflow.overwrite_configfiles]:
-        if Path(path).is_file():
-            check_config_file(path)
-    # The schema already ran (validate() in the Snakefile); this adds the checks
-    # that evaluate task functions and templates, before any job starts.
+    # The config files and the schema were checked in the Snakefile; this adds the
+    # checks that evaluate task functions, templates and bounds, before any job starts.
     SETTINGS = load_settings(config, check_schema=False)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -212,12 +209,6 @@ def lens_tables(model, task):
     if SETTINGS.lens.integers:
         tables["integers"] = f"results/lens_integers/{model}/{task}.parquet"
     return tables
-
-
-def lens_integer_replicates(task):
-    if not SETTINGS.lens.integers:
-        return []
-    return SETTINGS.lens.integer_replicates_for(SETTINGS.tasks[task])
 
 
 def lens_figures():

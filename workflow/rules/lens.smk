@@ -16,8 +16,14 @@ rule lens:
         examples=lambda w: SETTINGS.lens.examples_for(SETTINGS.tasks[w.task]),
         replicates=lambda w: SETTINGS.lens.replicates_for(SETTINGS.tasks[w.task]),
         top_k=SETTINGS.lens.top_k,
-        integer_replicates=lambda w: lens_integer_replicates(w.task),
-        candidates=lambda w: SETTINGS.lens.candidates_for(SETTINGS.tasks[w.task]),
+        integer_replicates=lambda w: SETTINGS.lens.integer_replicates_for(
+            SETTINGS.tasks[w.task]
+        ),
+        # [low, high], never the list: a default range can be huge (and is refused
+        # beyond iclprobe.bounds' limit when the config is read).
+        candidate_range=lambda w: list(
+            SETTINGS.lens.candidate_bounds(SETTINGS.tasks[w.task])
+        ),
         dtype=SETTINGS.forward.dtype,
         device=SETTINGS.forward.device,
         format_version=FORMAT_VERSION,

@@ -2,6 +2,7 @@
 
 import torch
 
+from iclprobe.floor import floor_metadata
 from iclprobe.heads import ABLATION, CENTRING, run_heads
 from iclprobe.io import read_metadata, read_table, write_table
 from iclprobe.logs import to_rule_log
@@ -32,6 +33,7 @@ settings = {
     "causal_replicates": params.causal_replicates,
     "centring": CENTRING,
     "ablation": ABLATION,
+    "numerical_floor": floor_metadata("heads", table["floor_nats"].max()),
 }
 metadata = {**read_metadata(snakemake.input.forward), "model": info, "heads": settings}
 write_table(table, snakemake.output[0], metadata)

@@ -3,6 +3,7 @@
 import torch
 
 from iclprobe.config import Task
+from iclprobe.floor import floor_metadata
 from iclprobe.io import read_metadata, read_table, write_table
 from iclprobe.lens import LENS_CONVENTION, LensPlan, run_lens
 from iclprobe.logs import to_rule_log
@@ -20,7 +21,9 @@ plan = LensPlan(
     replicates=list(params.replicates),
     top_k=params.top_k,
     integer_replicates=list(params.integer_replicates),
-    candidates=list(params.candidates),
+    candidates=range(params.candidate_range[0], params.candidate_range[1] + 1)
+    if params.integer_replicates
+    else range(0),
 )
 lens, integers = run_lens(
     read_table(snakemake.input.forward),
@@ -32,7 +35,8 @@ lens, integers = run_lens(
 )
 metadata = {**forward_metadata, "model": info, "lens": {**vars(plan), **LENS_CONVENTION}}
 metadata["lens"].pop("candidates")
-metadata["lens"]["candidate_range"] = [plan.candidates[0], plan.candidates[-1]]
+metadata["lens"]["candidate_range"] = plan.candidate_range()
+metadata["lens"]["numerical_floor"] = floor_metadata("lens", lens["floor_nats"].max())
 # Named outputs; `integers` only while the integer lens is enabled.
 outputs = dict(snakemake.output.items())
 write_table(lens, outputs["lens"], metadata)

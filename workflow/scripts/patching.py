@@ -6,6 +6,7 @@ import time
 import torch
 
 from iclprobe.config import Task
+from iclprobe.floor import floor_metadata
 from iclprobe.io import read_metadata, read_table, write_table
 from iclprobe.logs import to_rule_log
 from iclprobe.models import load_prepared
@@ -41,6 +42,7 @@ settings = {
     "pairs": params.pairs,
     "context_examples": params.context_examples,
     "convention": PATCHING_CONVENTION,
+    "numerical_floor": floor_metadata("patching", table["floor_nats"].max()),
 }
 metadata = {**read_metadata(snakemake.input.forward), "model": info, "patching": settings}
 write_table(table, snakemake.output[0], metadata)

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from iclprobe.plots import style
 
 CAP = 3.0  # the seed's colour cap on direct contributions (logit units)
+BELOW_FLOOR = "0.62"  # a mean effect within the numerical floor: grey, apart from pale cells
 TOP = 6  # heads labelled in the scatter
 LINEAR = 1e-4  # effects smaller than this (in P) are drawn on a linear scale
 
@@ -52,13 +53,20 @@ def _ids(table: pl.DataFrame) -> tuple[str, str]:
 
 
 def head_means(table: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Mean of `column` over replicates per (example, layer, head)."""
-    return (
-        _heads(table, column)
-        .group_by("example", "layer", "head")
-        .agg(pl.col(column).mean().alias("value"), pl.col("replicate").n_unique().alias("n"))
-        .sort("example", "layer", "head")
-    )
+    """Mean of `column` over replicates per (example, layer, head); for `effect`, also whether
+    the mean exceeds the mean smallest change the numerical floor resolves (`resolved`)."""
+    means = [pl.col(column).mean().alias("value"), pl.col("replicate").n_unique().alias("n")]
+    if column == "effect":
+        means.append(pl.col("effect_floor").mean())
+    out = _heads(table, column).group_by("example", "layer", "head").agg(means)
+    if column == "effect":
+        out = out.with_columns((pl.col("value").abs() > pl.col("effect_floor")).alias("resolved"))
+    return out.sort("example", "layer", "head")
+
+
+def _floor_text(table: pl.DataFrame) -> str:
+    floor = table["floor_nats"].max()
+    return f"{floor:.1e} nats" if floor is not None else "not measured"
 
 
 def layer_sums(table: pl.DataFrame, column: str) -> pl.DataFrame:
@@ -74,11 +82,14 @@ def layer_sums(table: pl.DataFrame, column: str) -> pl.DataFrame:
 
 
 def _grid(means: pl.DataFrame, example: int) -> np.ndarray:
-    """(layers, heads) array of one example's means."""
+    """(layers, heads) array of one example's means; NaN where the floor does not resolve one."""
     rows = means.filter(pl.col("example") == example)
     n_layers, n_heads = int(rows["layer"].max()), int(rows["head"].max()) + 1
     grid = np.full((n_layers, n_heads), np.nan)
-    grid[rows["layer"].to_numpy() - 1, rows["head"].to_numpy()] = rows["value"].to_numpy()
+    values = rows["value"].to_numpy().copy()
+    if "resolved" in rows.columns:
+        values[~rows["resolved"].to_numpy()] = np.nan
+    grid[rows["layer"].to_numpy() - 1, rows["head"].to_numpy()] = values
     return grid
 
 
@@ -96,7 +107,7 @@ def _build_heatmaps(
     if cap is not None:
         norm, scale = Normalize(-cap, cap), f", capped at ±{cap:g}"
     else:
-        limit = max(float(means["value"].abs().max()), 10 * LINEAR)
+        limit = max(float(means["value"].abs().max() or 0.0), 10 * LINEAR)
         norm = SymLogNorm(LINEAR, vmin=-limit, vmax=limit, base=10)
         scale = f" (symmetric log scale, linear within ±{LINEAR:g})"
     width = max(8.0, 1.2 + 2.6 * len(examples))
@@ -109,7 +120,8 @@ def _build_heatmaps(
             heat = fig.add_subplot(grid[0, 2 * i])
             values = _grid(means, example)
             shown = values if cap is None else np.clip(values, -cap, cap)
-            image = heat.imshow(shown, cmap="RdBu_r", norm=norm, aspect="auto")
+            colours = plt.get_cmap("RdBu_r").with_extremes(bad=BELOW_FLOOR)
+            image = heat.imshow(np.ma.masked_invalid(shown), cmap=colours, norm=norm, aspect="auto")
             _label_strongest(heat, values, norm)
             heat.set_xticks(range(values.shape[1]))
             heat.set_xticklabels(range(values.shape[1]), fontsize="x-small")
@@ -135,9 +147,15 @@ def _build_heatmaps(
         bar = fig.colorbar(image, cax=colour)
         bar.set_label(f"{label}{scale}", fontsize="small")
         heading = style.title(what, model, task, function)
+        floor = (
+            f"\ngrey: |mean ΔP| within the numerical floor ({_floor_text(table)} of log P), "
+            "left out of the 3 strongest"
+            if column == "effect"
+            else ""
+        )
         fig.suptitle(
             f"{heading}\nmean over {n_rep} replicates · numbers: a panel's 3 strongest heads\n"
-            "bars: the sum over a layer's heads (uncapped)",
+            f"bars: the sum over a layer's heads (uncapped){floor}",
             fontsize="medium",
         )
         fig.subplots_adjust(
@@ -151,6 +169,8 @@ def _label_strongest(ax, values: np.ndarray, norm, n: int = 3) -> None:
     order = np.argsort(-np.abs(np.nan_to_num(values)), axis=None)[:n]
     for layer, head in zip(*np.unravel_index(order, values.shape), strict=True):
         value = values[layer, head]
+        if np.isnan(value):  # fewer than n cells above the floor
+            continue
         dark = abs(float(norm(value)) - 0.5) > 0.3
         ax.text(
             head,
@@ -174,11 +194,13 @@ def build_causal(table: pl.DataFrame, function: str | None = None) -> Figure:
 
 
 def paired(table: pl.DataFrame) -> pl.DataFrame:
-    """Per head: mean direct contribution and mean effect over the prompts that have both."""
+    """Per head: mean direct contribution and mean effect over the prompts that have both, and
+    whether the numerical floor resolves the mean effect."""
     rows = _heads(table, "effect")
     return (
         rows.group_by("layer", "head")
-        .agg(pl.col("contribution").mean(), pl.col("effect").mean())
+        .agg(pl.col("contribution", "effect", "effect_floor").mean())
+        .with_columns((pl.col("effect").abs() > pl.col("effect_floor")).alias("resolved"))
         .sort("layer", "head")
     )
 
@@ -189,17 +211,43 @@ def build_direct_vs_causal(table: pl.DataFrame, function: str | None = None) -> 
     prompts = _heads(table, "effect").select("replicate", "example").unique()
     examples = ", ".join(str(e) for e in sorted(prompts["example"].unique()))
     direct, effect = heads["contribution"].to_numpy(), heads["effect"].to_numpy()
-    rank = np.corrcoef(np.argsort(np.argsort(direct)), np.argsort(np.argsort(effect)))[0, 1]
+    resolved = heads["resolved"].to_numpy()
+    n_resolved = int(resolved.sum())
+    if n_resolved >= 3:  # ranks of effects within the floor would be noise
+        d, e = direct[resolved], effect[resolved]
+        rho = np.corrcoef(np.argsort(np.argsort(d)), np.argsort(np.argsort(e)))[0, 1]
+        rank = f"Spearman ρ(direct, ΔP) = {rho:.2f} over the {n_resolved} heads above the floor"
+    else:
+        rank = f"only {n_resolved} heads above the floor: no rank correlation"
     with style.drawing():
         ax = style.new_axes()
         points = ax.scatter(
-            direct, effect, c=heads["layer"].to_numpy(), cmap="viridis", s=18, alpha=0.85
+            direct[resolved],
+            effect[resolved],
+            c=heads["layer"].to_numpy()[resolved],
+            cmap="viridis",
+            vmin=1,
+            vmax=int(heads["layer"].max()),
+            s=18,
+            alpha=0.85,
         )
+        ax.scatter(
+            direct[~resolved],
+            effect[~resolved],
+            s=18,
+            facecolors="none",
+            edgecolors="0.6",
+            linewidths=0.8,
+            label=f"|ΔP| within the numerical floor ({_floor_text(table)} of log P)",
+        )
+        if (~resolved).any():
+            ax.legend(loc="best", fontsize="x-small")
         bar = ax.figure.colorbar(points, ax=ax)
         bar.set_label("layer (1 = first block)")
         ax.axhline(0, color="0.4", linewidth=0.8)
         ax.axvline(0, color="0.4", linewidth=0.8)
-        strongest = set(np.argsort(-np.abs(direct))[:TOP]) | set(np.argsort(-np.abs(effect))[:TOP])
+        by_effect = [i for i in np.argsort(-np.abs(effect)) if resolved[i]][:TOP]
+        strongest = set(np.argsort(-np.abs(direct))[:TOP]) | set(by_effect)
         layers, numbers = heads["layer"].to_list(), heads["head"].to_list()
         for i in sorted(int(i) for i in strongest):
             name = f"{layers[i]}.{numbers[i]}"
@@ -214,8 +262,8 @@ def build_direct_vs_causal(table: pl.DataFrame, function: str | None = None) -> 
             "Direct contribution against causal effect, one point per head", model, task, function
         )
         ax.set_title(
-            f"{heading}\nmean over {prompts.height} prompts (example {examples}); "
-            f"Spearman ρ(direct, ΔP) = {rank:.2f}; labels: layer.head of the {TOP} strongest by each",
+            f"{heading}\nmean over {prompts.height} prompts (example {examples}); {rank}\n"
+            f"labels: layer.head of the {TOP} strongest by each (by ΔP: above the floor only)",
             fontsize="small",
         )
         ax.set_yscale("symlog", linthresh=LINEAR)

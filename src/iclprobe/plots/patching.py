@@ -261,7 +261,8 @@ def build_windows(windows_table: pl.DataFrame) -> Figure:
         )
         fig.suptitle(
             "Residual-stream patching: where the task and where the answer transfer\n"
-            "(means over the pairs whose unpatched target answers neither)",
+            "(means over the pairs whose unpatched target answers neither;\n"
+            "a lead counts where it exceeds the job's numerical floor)",
             fontsize="medium",
         )
         fig.tight_layout()
