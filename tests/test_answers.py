@@ -61,6 +61,7 @@ def unit(
         "learned": learned,
         "in_verdict": not reasons,
         "excluded_because": "; ".join(reasons) or None,
+        "reasons": reasons,
         "min_p_correct": 0.5,
     }
 

@@ -49,6 +49,7 @@ UNIT_SCHEMA = {
     "learned": pl.Boolean,
     "in_verdict": pl.Boolean,
     "excluded_because": pl.String,
+    "reasons": pl.List(pl.String),  # the same, one reason per item, the most basic first
     "min_p_correct": pl.Float64,
 }
 
@@ -59,7 +60,8 @@ def units(bayes: pl.DataFrame, surprisal: pl.DataFrame, min_p_correct: float = 0
     `bayes` is results/bayes.parquet (fits beside their controls), `surprisal` the
     per-replicate rows of results/surprisal.parquet. `learned`: the mean P(A) at the last
     example reaches `min_p_correct`; `in_verdict`: learned, not a control and an
-    informative fit; otherwise `excluded_because` says why.
+    informative fit; otherwise `excluded_because` says why (`reasons`: one item per reason,
+    in the order a control, not learned, not informative, c as its control's).
     """
     if not 0.0 <= min_p_correct <= 1.0:
         raise ValueError(f"min_p_correct must lie within [0, 1], got {min_p_correct!r}")
@@ -99,9 +101,9 @@ def units(bayes: pl.DataFrame, surprisal: pl.DataFrame, min_p_correct: float = 0
         ),
     ).list.drop_nulls()
     return (
-        table.with_columns(excluded_because=reasons.list.join("; "))
+        table.with_columns(reasons=reasons, excluded_because=reasons.list.join("; "))
         .with_columns(
-            in_verdict=pl.col("excluded_because") == "",
+            in_verdict=pl.col("reasons").list.len() == 0,
             excluded_because=pl.when(pl.col("excluded_because") != "").then("excluded_because"),
         )
         .select(list(UNIT_SCHEMA))
