@@ -49,8 +49,13 @@ def tables():
         ]
     )
     bayes = fit_table(surprisal, n_boot=50)
-    unit_table = units(bayes, surprisal)
-    return surprisal, bayes, unit_table, pairwise_tests(unit_table, surprisal, n_boot=100)
+    unit_table = units(bayes, surprisal, 0.5)
+    return (
+        surprisal,
+        bayes,
+        unit_table,
+        pairwise_tests(unit_table, surprisal, n_boot=100, seed=0, alpha=0.05, level=0.95),
+    )
 
 
 def test_learning_curves_show_the_ideal_learner_beside_the_model_and_the_fit(tables):

@@ -46,8 +46,12 @@ def run():
         ]
     )
     bayes = compare_with_controls(fit_table(surprisal, n_boot=200), {"flat": "flat_shuffled"})
-    table = units(bayes, surprisal)
-    return surprisal, table, pairwise_tests(table, surprisal, n_boot=400)
+    table = units(bayes, surprisal, 0.5)
+    return (
+        surprisal,
+        table,
+        pairwise_tests(table, surprisal, n_boot=400, seed=0, alpha=0.05, level=0.95),
+    )
 
 
 def test_only_learned_tasks_with_informative_fits_are_counted(run):
@@ -71,7 +75,7 @@ def test_an_uninformative_fit_is_left_out_with_its_note():
         informative=pl.col("method") == "prob_mse",
         fit_note=pl.when(pl.col("method") == "prob_mse").then(pl.lit("")).otherwise(pl.lit("flat")),
     )
-    table = units(bayes, surprisal).sort("method")
+    table = units(bayes, surprisal, 0.5).sort("method")
     assert table["in_verdict"].to_list() == [False, True]  # logodds, prob_mse
     assert table["excluded_because"][0] == "fit not informative: flat"
 
@@ -110,10 +114,17 @@ def test_pairs_are_only_between_counted_units_of_one_method(run):
         assert set(mine.select("task_a", "task_b").iter_rows()) == expected
 
 
+def test_a_fit_without_surprisal_rows_is_refused(run):
+    surprisal = run[0]
+    bayes = fit_table(surprisal.filter(pl.col("task") == "fast"), n_boot=20)
+    with pytest.raises(ValueError, match=r"no surprisal rows for the fits of \[\('m', 'fast'\)\]"):
+        units(bayes, surprisal.filter(pl.col("task") != "fast"), 0.5)
+
+
 def test_no_pair_without_two_counted_units():
     surprisal = _rows("m", "t", 0.7, 0.05, seed=1)
-    table = units(fit_table(surprisal, n_boot=50), surprisal)
-    pairs = pairwise_tests(table, surprisal, n_boot=50)
+    table = units(fit_table(surprisal, n_boot=50), surprisal, 0.5)
+    pairs = pairwise_tests(table, surprisal, n_boot=50, seed=0, alpha=0.05, level=0.95)
     assert pairs.height == 0
     assert "p_holm" in pairs.columns
 
@@ -133,6 +144,6 @@ def test_two_sided_p():
 
 def test_ln2_is_reported_inside_an_interval_that_holds_it():
     surprisal = _rows("m", "t", LN2, 0.02, seed=7)
-    table = units(fit_table(surprisal, n_boot=200), surprisal)
+    table = units(fit_table(surprisal, n_boot=200), surprisal, 0.5)
     row = table.filter(pl.col("method") == "logodds").row(0, named=True)
     assert row["c_lo"] <= LN2 <= row["c_hi"] and row["ln2_inside"]

@@ -54,7 +54,7 @@ UNIT_SCHEMA = {
 }
 
 
-def units(bayes: pl.DataFrame, surprisal: pl.DataFrame, min_p_correct: float = 0.5) -> pl.DataFrame:
+def units(bayes: pl.DataFrame, surprisal: pl.DataFrame, min_p_correct: float) -> pl.DataFrame:
     """One row per (model, task, method): c with its interval, and whether it is compared.
 
     `bayes` is results/bayes.parquet (fits beside their controls), `surprisal` the
@@ -83,6 +83,12 @@ def units(bayes: pl.DataFrame, surprisal: pl.DataFrame, min_p_correct: float = 0
         learned=pl.col("p_correct_last") >= min_p_correct,
         min_p_correct=pl.lit(min_p_correct),
     )
+    unmatched = table.filter(pl.col("p_correct_last").is_null()).select("model", "task").unique()
+    if unmatched.height:
+        raise ValueError(
+            f"no surprisal rows for the fits of {sorted(unmatched.iter_rows())}: whether a task "
+            "is learned is read from its P(A) at the last example"
+        )
     reasons = pl.concat_list(
         pl.when(pl.col("control").is_not_null()).then(
             pl.format("a {} control: no rule to learn", pl.col("control"))
@@ -165,10 +171,11 @@ PAIR_SCHEMA = {
 def pairwise_tests(
     unit_table: pl.DataFrame,
     surprisal: pl.DataFrame,
-    n_boot: int = 2000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    level: float = 0.95,
+    *,
+    n_boot: int,
+    seed: int,
+    alpha: float,
+    level: float,
 ) -> pl.DataFrame:
     """The test of equal c between every two units in the verdict, per method.
 

@@ -124,7 +124,7 @@ def ideal_learner(
     task: Task,
     family: AffineFamily,
     none_prior: float,
-    include_task_rule: bool = True,
+    include_task_rule: bool,
 ) -> pl.DataFrame:
     """The ideal learner's predictive of every answer of `prompts` (one task's prompt table).
 
