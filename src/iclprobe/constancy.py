@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
+import time
 
 import numpy as np
 import polars as pl
@@ -26,6 +28,8 @@ import polars as pl
 from iclprobe.bayes import METHODS, bootstrap_cs, p_correct_curves
 
 CORRECTION = "holm"
+
+log = logging.getLogger(__name__)
 
 UNIT_SCHEMA = {
     "model": pl.String,
@@ -195,7 +199,12 @@ def pairwise_tests(
             curves = p_correct_curves(
                 surprisal.filter((pl.col("model") == key[0]) & (pl.col("task") == key[1]))
             )
+            started = time.monotonic()
             draws[key] = bootstrap_cs(curves, method, n_boot, unit_seed(seed, *key, method))
+            log.info(
+                "%s: %d resamples of c for %s / %s in %.1f s",
+                method, n_boot, key[0], key[1], time.monotonic() - started,
+            )  # fmt: skip
         pairs = list(itertools.combinations(mine.iter_rows(named=True), 2))
         p_values = []
         for a, b in pairs:
