@@ -144,7 +144,8 @@ def test_ln2_inside_some_intervals_names_them():
     rows = [unit("near", 0.68, 0.66, 0.70), unit("far", 0.55, 0.54, 0.56)]
     (sentence,) = c_sentences(*tables(rows, [pair(rows[0], rows[1], 0.001)]))
     assert "ln 2 ≈ 0.693 lies inside the intervals of ``near`` only" in sentence
-    assert "1 of 1 pairs differ" in sentence and "their intervals do not overlap" in sentence
+    assert "c differs between the 2 learned tasks (0.550–0.680): the two differ" in sentence
+    assert "their intervals do not overlap" in sentence
 
 
 def test_no_learned_task_and_a_single_learned_task():

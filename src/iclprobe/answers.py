@@ -121,10 +121,8 @@ def c_sentences(units: pl.DataFrame, pairs: pl.DataFrame) -> list[str]:
         else:
             overlap = f"{disjoint} of {n_pairs} pairs of intervals do not overlap"
         if n_differ:
-            verdict = (
-                f"c differs between the {k} learned {name.noun} ({span}): {n_differ} of "
-                f"{n_pairs} pairs differ {how}"
-            )
+            which = "the two differ" if n_pairs == 1 else f"{n_differ} of {n_pairs} pairs differ"
+            verdict = f"c differs between the {k} learned {name.noun} ({span}): {which} {how}"
         else:
             none = "the pair does not differ" if n_pairs == 1 else f"no pair of {n_pairs} differs"
             verdict = (
