@@ -52,7 +52,7 @@ def _intervals(ax, counted: pl.DataFrame, left_out: pl.DataFrame, several: bool)
     top = max(LN2, float(np.nanmax(hi)) if rows.height and np.isfinite(hi).any() else LN2)
     ax.set_ylim(0.49, top + 0.02)
     ax.set_ylabel("fitted sensitivity c (probability)")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     if rows.height == 0:
         ax.text(0.5, 0.5, "no learned task with an informative fit", ha="center",
                 transform=ax.transAxes)  # fmt: skip
