@@ -95,7 +95,7 @@ def workflow_config(replicates: int, examples: int, quick: bool):
     def edit(config: dict) -> None:
         config["replicates"] = replicates
         if quick:
-            config["tasks"] = {k: config["tasks"][k] for k in ("identity", "plus5")}
+            config["tasks"] = {k: config["tasks"][k] for k in ("identity", "successor")}
         for spec in config["tasks"].values():
             spec.update(n_examples=examples, x_range=list(X_RANGE))
 

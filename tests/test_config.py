@@ -29,15 +29,25 @@ def test_default_config_loads():
     settings = load_settings(DEFAULT)
     assert sorted(settings.tasks) == [
         "identity",
-        "plus5",
         "seed_2x_plus_3",
         "seed_2x_plus_3_shuffled",
+        "successor",
+        "tens_digit",
+        "times10",
     ]
     seed = settings.tasks["seed_2x_plus_3"]
     assert seed.terminator == ")"
     assert seed.candidates() == list(range(3, 104, 2))
     assert settings.control_of("seed_2x_plus_3") == "seed_2x_plus_3_shuffled"
     assert settings.control_of("identity") is None
+    # The schema's defaults of the ideal learner and of the test of equal c.
+    assert settings.ideal.as_params() == {
+        "slopes": [-10, 10],
+        "intercepts": [-100, 100],
+        "include_task_rule": True,
+        "none_prior": 0.01,
+    }
+    assert (settings.constancy.min_p_correct, settings.constancy.alpha) == (0.5, 0.05)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,12 @@ def test_default_config_loads():
         ("tasks.identity.control", "reversed", r"tasks\.identity\.control: 'reversed'"),
         ("models.smollm2-135m", {"hf": "a", "path": "b"}, r"models\.smollm2-135m"),
         ("forward.dtype", "float8", r"forward\.dtype: 'float8' is not one of"),
+        ("ideal_learner", {"none_prior": 1}, r"ideal_learner\.none_prior: 1 is greater than or"),
+        ("ideal_learner", {"slopes": [1]}, r"ideal_learner\.slopes: \[1\] is too short"),
+        ("ideal_learner", {"grid": 3}, r"ideal_learner: .*'grid' was unexpected"),
+        ("constancy", {"min_p_correct": 1.5}, r"constancy\.min_p_correct: 1\.5 is greater"),
+        ("constancy", {"alpha": 0}, r"constancy\.alpha: 0 is less than or equal to the minimum"),
+        ("constancy", {"n_boot": 0}, r"constancy\.n_boot: 0 is less than the minimum of 1"),
     ],
 )
 def test_schema_errors_name_the_key(path, value, expected):
@@ -135,7 +151,7 @@ def test_template_per_task_overrides_the_default():
     raw["tasks"]["identity"]["separator"] = "\n"
     settings = load_settings(raw)
     assert settings.tasks["identity"].terminator == "\n"
-    assert settings.tasks["plus5"].template == "({x}, {y})"
+    assert settings.tasks["successor"].template == "({x}, {y})"
 
 
 def test_duplicate_names_in_the_config_file_are_refused(tmp_path):
@@ -178,6 +194,14 @@ def test_names_differing_only_in_case_are_refused():
         (
             {"lens.integers.candidate_range": [5, 1]},
             r"lens\.integers\.candidate_range: \[5, 1\] is empty",
+        ),
+        (
+            {"ideal_learner.intercepts": [5, -5]},
+            r"ideal_learner\.intercepts: \[5, -5\] is empty; write \[low, high\]",
+        ),
+        (
+            {"ideal_learner.slopes": [0, 10**6]},
+            r"ideal_learner\.slopes: \[0, 1000000\] holds 1,000,001 slopes; at most 100,000",
         ),
         (
             {"tasks.identity.x_range": [0, 10**6]},

@@ -58,6 +58,12 @@ def test_report_holds_every_figure_and_table_with_a_caption(tiny_run):
     for text in ("Scoring convention", "<td>double_shuffled</td>", "2*x", r"0 \u2026 40"):
         assert text in html, text
     assert "local folder" in html
+    # The workflow page states the run's answers, generated into results/answers.rst by the run
+    # and included there when the report is made (not text of the page itself).
+    answers = (tiny_run / "results" / "answers.rst").read_text()
+    for generated in ("no task is learned with an informative fit", "is not learned (mean P(A)"):
+        assert generated in answers and generated in html, generated
+    assert "Answers of this run" in html and "made without the run" not in html
     assert "System Message" not in html  # the rst rendered without docutils warnings
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -30,6 +31,7 @@ FIGURES = [
     "simulated-prior",
     "cumulative-information",
 ]
+ANSWER_FIGURES = ["c_by_model_and_task", "c_constancy", "ideal_information"]
 
 
 def small_config(model: dict, replicates: int = 2, n_examples: int = 6) -> dict:
@@ -77,10 +79,13 @@ def planned_jobs(workdir: Path, env: dict | None = None) -> dict[str, int]:
 
 
 def expected_outputs(model: str, tasks: list[str]) -> list[str]:
-    files = ["results/surprisal.parquet", "results/bayes.parquet"]
-    files.append("results/figures/c_by_model_and_task.png")
+    files = ["results/surprisal.parquet", "results/bayes.parquet", "results/ideal.parquet"]
+    files += ["results/c_constancy.parquet", "results/c_constancy_pairs.parquet"]
+    files += ["results/answers.rst"]
+    files += [f"results/figures/{f}.png" for f in ANSWER_FIGURES]
     for task in tasks:
         files += [
+            f"results/ideal/{task}.parquet",
             f"results/prompts/{task}.parquet",
             f"results/forward/{model}/{task}.parquet",
             f"results/surprisal/{model}/{task}.parquet",
@@ -116,6 +121,21 @@ def test_workflow_end_to_end_then_nothing_to_do(tiny_run):
         assert sorted(inputs["m"]) == ["double", "double_shuffled", "identity"]
         assert inputs["m"]["double"]["model"]["source_digest"] == meta["model"]["source_digest"]
         assert inputs["m"]["double"]["task"]["function"] == "2*x"
+    # The ideal learner saw the model's prompts; the model's excess is measured against it.
+    ideal = read_table(tiny_run / "results" / "ideal.parquet")
+    assert ideal.height == surprisal.height
+    np.testing.assert_allclose(
+        ideal["excess_cumulative_bits"].to_numpy(),
+        (ideal["cumulative_bits"] - ideal["ideal_cumulative_bits"]).to_numpy(),
+    )
+    assert ideal["family_size"].unique().to_list() == [21 * 201]  # the schema's grid
+    # Is c a constant? Every (task, method) is listed; the random model learns nothing.
+    units = read_table(tiny_run / "results" / "c_constancy.parquet")
+    assert units.height == 3 * 2 and not units["in_verdict"].any()
+    assert units["excluded_because"].is_not_null().all()
+    answers = (tiny_run / "results" / "answers.rst").read_text()
+    assert "no task is learned with an informative fit" in answers
+    assert "``double`` is not learned" in answers
     # Each rule logged to its own file; the forward pass logged its progress.
     assert "scored 2/2 sequences" in (tiny_run / "logs/forward/m/identity.log").read_text()
     assert planned_jobs(tiny_run) == {}

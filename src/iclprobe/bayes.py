@@ -193,6 +193,27 @@ def fit_learner(p_correct: np.ndarray, method: str = "prob_mse") -> LearnerFit:
     )
 
 
+def bootstrap_cs(
+    p_correct: np.ndarray, method: str, n_boot: int = 200, seed: int = 0
+) -> np.ndarray:
+    """The fitted c of `n_boot` resamples of the replicates (rows), drawn with replacement.
+
+    Replicates, not examples, are resampled because examples within a curve are dependent
+    (each belief builds on the last). With one replicate there is nothing to resample: the
+    result is empty.
+    """
+    _check_method(method)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot!r}")
+    p = _as_curves(p_correct)
+    n_replicates = p.shape[0]
+    if n_replicates == 1:
+        return np.empty(0)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_replicates, size=(n_boot, n_replicates))
+    return np.array([fit_learner(p[idx], method).c for idx in rows])
+
+
 def bootstrap_c(
     p_correct: np.ndarray,
     method: str,
@@ -200,23 +221,11 @@ def bootstrap_c(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile interval of c from resampling replicates (rows) with replacement.
-
-    Replicates, not examples, are resampled because examples within a curve are dependent
-    (each belief builds on the last). With one replicate there is nothing to resample, so
-    the interval is (nan, nan).
-    """
-    _check_method(method)
+    """Percentile interval of c from `bootstrap_cs`; (nan, nan) with one replicate."""
     _check_open_unit("level", level)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot!r}")
-    p = _as_curves(p_correct)
-    n_replicates = p.shape[0]
-    if n_replicates == 1:
+    cs = bootstrap_cs(p_correct, method, n_boot=n_boot, seed=seed)
+    if cs.size == 0:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n_replicates, size=(n_boot, n_replicates))
-    cs = np.array([fit_learner(p[idx], method).c for idx in rows])
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(cs, [tail, 1.0 - tail])
     return (float(lo), float(hi))
@@ -293,7 +302,7 @@ def fit_quality(
     )
 
 
-def _curves_from_group(group: pl.DataFrame) -> np.ndarray:
+def p_correct_curves(group: pl.DataFrame) -> np.ndarray:
     """Pivot one (model, task) group's long surprisal rows into an (R, N) P(A) array.
 
     The grid must be complete (every replicate has examples 1..N exactly once), because the
@@ -399,7 +408,7 @@ def fit_table(
         raise ValueError(f"surprisal frame lacks columns {missing}")
     rows = []
     for (model, task), group in surprisal.group_by("model", "task"):
-        p = _curves_from_group(group)
+        p = p_correct_curves(group)
         rows.extend(_fit_row(model, task, p, m, n_boot, seed, level) for m in methods)
     return pl.DataFrame(rows, schema=_TABLE_SCHEMA).sort("model", "task", "method")
 

@@ -50,6 +50,29 @@ class BayesSettings:
     interval_level: float
 
 
+@dataclass(frozen=True)
+class ConstancySettings:
+    min_p_correct: float
+    n_boot: int
+    alpha: float
+
+
+@dataclass(frozen=True)
+class IdealSettings:
+    slopes: tuple[int, int]
+    intercepts: tuple[int, int]
+    include_task_rule: bool
+    none_prior: float
+
+    def as_params(self) -> dict[str, Any]:
+        return {
+            "slopes": list(self.slopes),
+            "intercepts": list(self.intercepts),
+            "include_task_rule": self.include_task_rule,
+            "none_prior": self.none_prior,
+        }
+
+
 def _first(replicates: int | None, total: int) -> list[int]:
     """Replicate numbers 1..min(N, total), or all of them when N is None."""
     return list(range(1, (total if replicates is None else min(replicates, total)) + 1))
@@ -308,6 +331,8 @@ class Settings:
     tasks: dict[str, Task]
     forward: ForwardSettings
     bayes: BayesSettings
+    constancy: ConstancySettings
+    ideal: IdealSettings
     probe: ProbeSettings
     lens: LensSettings
     heads: HeadsSettings
@@ -447,6 +472,8 @@ def load_settings(raw: dict[str, Any], check_schema: bool = True) -> Settings:
             n_boot=bayes["n_boot"],
             interval_level=bayes["interval_level"],
         ),
+        constancy=ConstancySettings(**raw["constancy"]),
+        ideal=_ideal_settings(raw["ideal_learner"]),
         probe=ProbeSettings(**{**raw["probe"], "ks": tuple(raw["probe"]["ks"])}),
         lens=LensSettings(
             enabled=lens["enabled"],
@@ -503,6 +530,30 @@ def check_consistency(settings: Settings) -> None:
             raise ConfigError(
                 f"lens.integers.candidate_range: [{low}, {high}] is empty; write [low, high]"
             )
+
+
+# The ideal learner checks every slope against every example of every replicate (the
+# intercepts cost nothing: each slope admits one per example); 10**5 slopes take seconds.
+MAX_SLOPES = 10**5
+
+
+def _ideal_settings(ideal: dict[str, Any]) -> IdealSettings:
+    for key in ("slopes", "intercepts"):
+        low, high = ideal[key]
+        if low > high:
+            raise ConfigError(f"ideal_learner.{key}: [{low}, {high}] is empty; write [low, high]")
+    (a_lo, a_hi), (b_lo, b_hi) = ideal["slopes"], ideal["intercepts"]
+    if a_hi - a_lo + 1 > MAX_SLOPES:
+        raise ConfigError(
+            f"ideal_learner.slopes: [{a_lo}, {a_hi}] holds {a_hi - a_lo + 1:,} slopes; at most "
+            f"{MAX_SLOPES:,}"
+        )
+    return IdealSettings(
+        slopes=(a_lo, a_hi),
+        intercepts=(b_lo, b_hi),
+        include_task_rule=ideal["include_task_rule"],
+        none_prior=ideal["none_prior"],
+    )
 
 
 def _heads_settings(heads: dict[str, Any], tasks: dict[str, Task]) -> HeadsSettings:

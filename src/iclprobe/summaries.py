@@ -71,6 +71,66 @@ def bayes_summary(bayes: pl.DataFrame) -> pl.DataFrame:
     return bayes.select(c for c in wanted if c in bayes.columns).sort("model", "task", "method")
 
 
+def constancy_summary(units: pl.DataFrame) -> pl.DataFrame:
+    """Per (method, model, task): c with its interval, ln 2 inside it, and whether the task
+    is counted in the comparison of c (and why not)."""
+    return units.sort("method", "model", "task").select(
+        "method",
+        "model",
+        "task",
+        "c",
+        "c_lo",
+        "c_hi",
+        pl.col("ln2_inside").alias("ln 2 inside"),
+        pl.col("p_correct_last").alias("P(A) at last"),
+        "informative",
+        pl.col("in_verdict").alias("counted"),
+        pl.col("excluded_because").alias("not counted because"),
+        "control_c",
+        "c_differs_from_control",
+    )
+
+
+def constancy_pairs_summary(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Per pair of counted units: the difference of c, its interval and the Holm-adjusted test."""
+    return pairs.select(
+        "method",
+        pl.format("{} ({})", "task_a", "model_a").alias("a"),
+        pl.format("{} ({})", "task_b", "model_b").alias("b"),
+        "c_a",
+        "c_b",
+        pl.col("difference").alias("c_a − c_b"),
+        pl.col("difference_lo").alias("interval lo"),
+        pl.col("difference_hi").alias("interval hi"),
+        pl.col("intervals_overlap").alias("c intervals overlap"),
+        pl.col("p_value").alias("p"),
+        pl.col("p_holm").alias("p (Holm)"),
+        pl.col("differs").alias("differs"),
+    )
+
+
+def ideal_summary(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task): I_N of the model and of the ideal learner, and the excess bits."""
+    return summary.select(
+        "model",
+        "task",
+        pl.col("n_replicates").alias("replicates"),
+        pl.col("n_examples").alias("examples"),
+        pl.col("model_bits").alias("model I_N (bits)"),
+        pl.format(
+            "{}–{}", pl.col("model_bits_lo").round(1), pl.col("model_bits_hi").round(1)
+        ).alias("model range"),
+        pl.col("ideal_bits").alias("ideal I_N (bits)"),
+        pl.format(
+            "{}–{}", pl.col("ideal_bits_lo").round(1), pl.col("ideal_bits_hi").round(1)
+        ).alias("ideal range"),
+        pl.col("excess_bits").alias("excess (bits)"),
+        pl.col("uniform_bits").alias("uniform code (bits)"),
+        pl.col("family_size").alias("rules"),
+        pl.col("task_rule_added").alias("task's rule added"),
+    )
+
+
 def probe_summary(probe: pl.DataFrame) -> pl.DataFrame:
     """Per (model, task, k): how often the model writes f(x), writes an integer at all,
     or copies a y its context showed, and the mean P(f(x)), over every query x."""

@@ -164,7 +164,22 @@ def all_outputs():
         "results/tables/surprisal_summary.html",
         "results/tables/bayes_summary.html",
     ]
-    cross = ["results/figures/c_by_model_and_task.png"]
+    # Is c a constant, and the ideal learner: the answers the report's first page states.
+    tables += expand("results/ideal/{task}.parquet", task=TASKS)
+    tables += [
+        "results/ideal.parquet",
+        "results/c_constancy.parquet",
+        "results/c_constancy_pairs.parquet",
+        "results/answers.rst",
+        "results/tables/c_constancy_summary.html",
+        "results/tables/c_constancy_pairs.html",
+        "results/tables/ideal_summary.html",
+    ]
+    cross = [
+        "results/figures/c_by_model_and_task.png",
+        "results/figures/c_constancy.png",
+        "results/figures/ideal_information.png",
+    ]
     stages = probe_targets() + lens_targets() + heads_targets() + patching_targets()
     summaries = expand("results/tables/{stage}_summary.html", stage=enabled_stages())
     return per_pair + figures + tables + cross + stages + summaries

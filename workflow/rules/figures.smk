@@ -2,6 +2,7 @@ rule task_figures:
     input:
         surprisal="results/surprisal/{model}/{task}.parquet",
         bayes="results/bayes/{model}/{task}.parquet",
+        ideal="results/ideal/{task}.parquet",
         control=control_surprisal,
     output:
         [
@@ -28,13 +29,30 @@ rule task_figures:
 rule cross_figures:
     input:
         bayes="results/bayes.parquet",
+        units="results/c_constancy.parquet",
+        pairs="results/c_constancy_pairs.parquet",
+        ideal="results/ideal.parquet",
     output:
-        report(
+        c=report(
             "results/figures/c_by_model_and_task.png",
             caption="../report/c_by_model_and_task.rst",
             category="1. Learning curves",
             subcategory="all models",
             labels={"model": "all", "task": "all", "figure": "fitted c"},
+        ),
+        constancy=report(
+            "results/figures/c_constancy.png",
+            caption="../report/c_constancy.rst",
+            category="1. Learning curves",
+            subcategory="all models",
+            labels={"model": "all", "task": "learned", "figure": "is c a constant?"},
+        ),
+        ideal=report(
+            "results/figures/ideal_information.png",
+            caption="../report/ideal_information.rst",
+            category="1. Learning curves",
+            subcategory="all models",
+            labels={"model": "all", "task": "all", "figure": "model vs ideal learner"},
         ),
     log:
         "logs/figures/cross.log",

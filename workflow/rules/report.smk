@@ -50,3 +50,39 @@ rule stage_summary_table:
         code=code("stage_summary_table.py"),
     script:
         "../scripts/stage_summary_table.py"
+
+
+# The run's answers in sentences (included by the report's workflow page) and their tables.
+rule answers:
+    input:
+        units="results/c_constancy.parquet",
+        pairs="results/c_constancy_pairs.parquet",
+        ideal="results/ideal.parquet",
+    output:
+        answers="results/answers.rst",
+        constancy=report(
+            "results/tables/c_constancy_summary.html",
+            caption="../report/c_constancy_summary.rst",
+            category="0. Summary tables",
+            labels={"table": "is c a constant?"},
+        ),
+        pairs=report(
+            "results/tables/c_constancy_pairs.html",
+            caption="../report/c_constancy_pairs.rst",
+            category="0. Summary tables",
+            labels={"table": "test of equal c"},
+        ),
+        ideal=report(
+            "results/tables/ideal_summary.html",
+            caption="../report/ideal_summary.rst",
+            category="0. Summary tables",
+            labels={"table": "model vs ideal learner"},
+        ),
+    log:
+        "logs/answers.log",
+    conda:
+        "../envs/iclprobe.yaml"
+    params:
+        code=code("answers.py"),
+    script:
+        "../scripts/answers.py"

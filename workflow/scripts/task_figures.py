@@ -1,4 +1,4 @@
-"""Rule task_figures: the seed's figures for one model and task."""
+"""Rule task_figures: the seed's figures for one model and task, with the ideal learner."""
 
 from pathlib import Path
 
@@ -14,4 +14,5 @@ task_figures(
     Path(snakemake.output[0]).parent,
     control=control,
     function=snakemake.params.function,
+    ideal=read_table(snakemake.input.ideal),
 )

@@ -1,9 +1,10 @@
 """Figures of in-context learning curves and of the Bayesian learner fitted to them.
 
 Per (model, task), after the seed essay: the LM's surprisal and P(A) per example with a band
-over replicates, the fitted learner overlaid, the learner alone beside the c = ln 2 learner,
-and the information needed to learn the task (cumulative surprisal against the uniform code
-and the shuffled control). Across models and tasks: the fitted c with its interval.
+over replicates, the fitted learner and the ideal learner (iclprobe.ideal) overlaid, the
+learner alone beside the c = ln 2 learner, and the information needed to learn the task
+(cumulative surprisal of the LM, the fitted and the ideal learner against the uniform code and
+the shuffled control). Across models and tasks: the fitted c with its interval.
 
 Each figure has a ``build_*`` function returning the open Figure (for inspection) and a
 function of the same name without the prefix that builds it and saves it atomically to a PNG.
@@ -126,6 +127,19 @@ def _draw_replicates(ax, frame: pl.DataFrame, y: str, who: str, **line) -> None:
     sns.lineplot(data=data, x="example", y=y, errorbar=style.BAND, ax=ax, label=label, **line)
 
 
+def _draw_ideal(ax, ideal: pl.DataFrame | None, y: str) -> None:
+    """The ideal learner's mean over replicates with its band (it saw the LM's prompts)."""
+    if ideal is None or ideal.height == 0:
+        return
+    n_rep = ideal["replicate"].n_unique()
+    size = int(_only(ideal, "family_size"))
+    label = f"ideal learner ({size:,} rules + “none of these”): mean of {n_rep} replicates"
+    data = ideal.select("replicate", "example", pl.col(f"ideal_{y}").alias(y)).to_pandas()
+    sns.lineplot(
+        data=data, x="example", y=y, errorbar=style.BAND, ax=ax, label=label, **_IDEAL_STYLE
+    )
+
+
 def _draw_control(ax, control: pl.DataFrame | None, y: str, **line) -> None:
     if control is None or control.height == 0:
         return
@@ -140,6 +154,7 @@ _FIT_STYLE = {"color": "C3", "linestyle": "--"}
 _REF_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 2}
 _CONTROL_STYLE = {"color": "C2", "linestyle": "-.", "marker": "s", "markersize": 3}
 _UNINFORMATIVE_STYLE = {"color": "0.6", "linestyle": (0, (6, 3)), "linewidth": 1.2}
+_IDEAL_STYLE = {"color": "C4", "linestyle": "-", "linewidth": 1.5, "marker": "^", "markersize": 3}
 
 
 # ------------------------------------------------------------------- per-task figures
@@ -152,9 +167,10 @@ def _build_lm(
     control: pl.DataFrame | None,
     method: str,
     function: str | None,
+    ideal: pl.DataFrame | None = None,
 ) -> Figure:
-    """LM curve of ``y`` with band, the fitted learner, the control's mean if given and (for
-    surprisal) the uniform code."""
+    """LM curve of ``y`` with band, the fitted learner, the ideal learner and the control's
+    mean if given and (for surprisal) the uniform code."""
     model, task = _ids(surprisal)
     row = _fit_row(bayes, method, model, task)
     what, ylabel = _QUANTITIES[y]
@@ -164,6 +180,7 @@ def _build_lm(
         label = f"fitted learner ({method}): {_fit_label(row)}"
         line = _fit_style(row, _FIT_STYLE)
         _draw_learner(ax, row["c"], row["theta0"], _n_examples(surprisal), y, label, **line)
+        _draw_ideal(ax, ideal, y)
         _draw_control(ax, control, y, **_CONTROL_STYLE)
         if y == "surprisal_bits":
             uniform = float(_only(surprisal, "uniform_bits"))
@@ -174,22 +191,31 @@ def _build_lm(
         return style.finish(ax, style.title(f"LM {what}", model, task, function), ylabel)
 
 
-def build_lm_surprisal(surprisal, bayes, control=None, method="prob_mse", function=None):
-    return _build_lm(surprisal, bayes, "surprisal_bits", control, method, function)
+def build_lm_surprisal(
+    surprisal, bayes, control=None, method="prob_mse", function=None, ideal=None
+) -> Figure:
+    return _build_lm(surprisal, bayes, "surprisal_bits", control, method, function, ideal)
 
 
-def build_lm_prior(surprisal, bayes, control=None, method="prob_mse", function=None):
-    return _build_lm(surprisal, bayes, "p_correct", control, method, function)
+def build_lm_prior(
+    surprisal, bayes, control=None, method="prob_mse", function=None, ideal=None
+) -> Figure:
+    return _build_lm(surprisal, bayes, "p_correct", control, method, function, ideal)
 
 
-def lm_surprisal(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
+def lm_surprisal(
+    surprisal, bayes, path, control=None, method="prob_mse", function=None, ideal=None
+) -> Path:
     """The seed's lm-surprisal figure: LM surprisal (bits) per example, fit and references."""
-    return style.save(build_lm_surprisal(surprisal, bayes, control, method, function), path)
+    figure = build_lm_surprisal(surprisal, bayes, control, method, function, ideal)
+    return style.save(figure, path)
 
 
-def lm_prior(surprisal, bayes, path, control=None, method="prob_mse", function=None) -> Path:
-    """The seed's lm-prior figure: LM P(A) per example with the fitted learner's θ."""
-    return style.save(build_lm_prior(surprisal, bayes, control, method, function), path)
+def lm_prior(
+    surprisal, bayes, path, control=None, method="prob_mse", function=None, ideal=None
+) -> Path:
+    """The seed's lm-prior figure: LM P(A) per example with the fitted and the ideal learner's."""
+    return style.save(build_lm_prior(surprisal, bayes, control, method, function, ideal), path)
 
 
 def _build_simulated(bayes: pl.DataFrame, y: str, method: str, function: str | None) -> Figure:
@@ -233,14 +259,32 @@ def simulated_prior(bayes, path, method="prob_mse", function=None) -> Path:
     return style.save(build_simulated_prior(bayes, method, function), path)
 
 
-def build_cumulative_information(surprisal, control=None, function=None) -> Figure:
-    """I_k = Σ_{i≤k} sᵢ with band, the uniform code k·log₂|Y| and the shuffled control."""
+def _draw_learner_information(ax, row: dict, n: int, method: str) -> None:
+    """The fitted learner's cumulative surprisal −Σ log₂ θᵢ₋₁, from I_0 = 0."""
+    curve = _learner_curve(row["c"], row["theta0"], n)
+    ks = np.arange(0, n + 1)
+    bits = np.concatenate([[0.0], np.cumsum(curve["surprisal_bits"].to_numpy())])
+    label = f"fitted learner ({method}): c = {row['c']:.3f}"
+    if not _informative(row):
+        label += " (NOT INFORMATIVE)"
+    sns.lineplot(x=ks, y=bits, ax=ax, label=label, **_fit_style(row, _FIT_STYLE))
+
+
+def build_cumulative_information(
+    surprisal, control=None, function=None, ideal=None, bayes=None, method="prob_mse"
+) -> Figure:
+    """I_k = Σ_{i≤k} sᵢ with band beside the fitted learner's and the ideal learner's (when
+    given), the uniform code k·log₂|Y| and the shuffled control."""
     model, task = _ids(surprisal)
     y = "cumulative_bits"
     uniform = float(_only(surprisal, "uniform_bits"))
     with style.drawing():
         ax = style.new_axes()
         _draw_replicates(ax, surprisal, y, "LM", **_LM_STYLE)
+        if bayes is not None:
+            row = _fit_row(bayes, method, model, task)
+            _draw_learner_information(ax, row, _n_examples(surprisal), method)
+        _draw_ideal(ax, ideal, y)
         _draw_control(ax, control, y, **_CONTROL_STYLE)
         ks = np.arange(0, _n_examples(surprisal) + 1)
         label = f"uniform code k·log₂|Y| ({uniform:.2f} bits per example)"
@@ -256,9 +300,12 @@ def build_cumulative_information(surprisal, control=None, function=None) -> Figu
         return style.finish(ax, title, r"cumulative surprisal $I_k$ (bits)", "examples seen k")
 
 
-def cumulative_information(surprisal, path, control=None, function=None) -> Path:
+def cumulative_information(
+    surprisal, path, control=None, function=None, ideal=None, bayes=None, method="prob_mse"
+) -> Path:
     """Cumulative surprisal: the information the LM needed to learn the task."""
-    return style.save(build_cumulative_information(surprisal, control, function), path)
+    figure = build_cumulative_information(surprisal, control, function, ideal, bayes, method)
+    return style.save(figure, path)
 
 
 def task_figures(
@@ -268,18 +315,25 @@ def task_figures(
     control: pl.DataFrame | None = None,
     function: str | None = None,
     method: str = "prob_mse",
+    ideal: pl.DataFrame | None = None,
 ) -> list[Path]:
-    """Write the five per-task figures (``TASK_FIGURES``) into ``out_dir``; return the paths."""
+    """Write the five per-task figures (``TASK_FIGURES``) into ``out_dir``; return the paths.
+
+    `ideal` is the ideal learner's table of the same task (iclprobe.ideal), drawn where given.
+    """
     model, task = _ids(surprisal)
     row_bayes = bayes.filter((pl.col("model") == model) & (pl.col("task") == task))
     out = Path(out_dir)
     paths = dict(zip(TASK_FIGURES, (out / name for name in TASK_FIGURES), strict=True))
+    common = {"control": control, "method": method, "function": function, "ideal": ideal}
     return [
-        lm_surprisal(surprisal, row_bayes, paths["lm-surprisal.png"], control, method, function),
-        lm_prior(surprisal, row_bayes, paths["lm-prior.png"], control, method, function),
+        lm_surprisal(surprisal, row_bayes, paths["lm-surprisal.png"], **common),
+        lm_prior(surprisal, row_bayes, paths["lm-prior.png"], **common),
         simulated_surprisal(row_bayes, paths["simulated-surprisal.png"], method, function),
         simulated_prior(row_bayes, paths["simulated-prior.png"], method, function),
-        cumulative_information(surprisal, paths["cumulative-information.png"], control, function),
+        cumulative_information(
+            surprisal, paths["cumulative-information.png"], bayes=row_bayes, **common
+        ),
     ]
 
 
