@@ -258,6 +258,9 @@ def ablated_logprobs(
         logp = run.logits.log_softmax(-1)  # (B, S, V)
         picked = logp[:, steps, target].sum(-1)  # (B,)
         out[first - 1 : layers[-1]] = picked.view(len(layers), n_heads).cpu()
+        # Freed before the next batch runs: else two batches' cache copies and logits
+        # are alive at once, twice the stage's peak memory (iclprobe.cost).
+        del run, logp
     return out
 
 
