@@ -349,7 +349,7 @@ def stage_calls(model, tokenizer, settings, model_name: str) -> dict:
         )
 
     def patching_():
-        run_patching(
+        tables["patching"] = run_patching(
             prompts.filter(pl.col("replicate").is_in(patching.replicates_for(task))),
             target_prompts,
             model,
@@ -363,6 +363,7 @@ def stage_calls(model, tokenizer, settings, model_name: str) -> dict:
         )
 
     calls = dict(zip(STAGES, [forward, probe, lens, heads_, patching_], strict=True))
+    calls["tables"] = tables
     return calls
 
 
@@ -370,6 +371,7 @@ def run_stages(model, tokenizer, settings, model_name: str) -> dict:
     """Every stage timed (with its passes and resident memory), then again with its
     allocations tracked (slower, so not timed); returns {stage: record}."""
     calls = stage_calls(model, tokenizer, settings, model_name)
+    tables = calls.pop("tables")
     records = {}
     for stage, call in calls.items():
         print(f"  {stage}: timed", flush=True)
@@ -381,7 +383,17 @@ def run_stages(model, tokenizer, settings, model_name: str) -> dict:
         with common.TrackedMemory() as tracked:
             call()
         records[stage]["tracked_peak"] = tracked.peak
+    records["patching"]["candidates"] = patching_candidates(tables["patching"])
     return records
+
+
+def patching_candidates(table: pl.DataFrame) -> float:
+    """Distinct answers scored per pair (the task's, the source's, the target's own)."""
+    pairs = table.unique(["replicate", "pair"])
+    return sum(
+        len({y for y in row if y is not None})
+        for row in pairs.select("y_task", "y_answer", "y_target_default").iter_rows()
+    ) / max(pairs.height, 1)
 
 
 def predictions(shape, settings, tokenizer, records) -> dict[str, cost.StageCost]:
@@ -414,6 +426,7 @@ def predictions(shape, settings, tokenizer, records) -> dict[str, cost.StageCost
             settings,
             dtype,
             decoding=decoded("patching", False),
+            candidates=records["patching"]["candidates"],
         ),
     }
 

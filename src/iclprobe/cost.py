@@ -31,7 +31,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,10 +160,11 @@ SHAPES = {
 class Layout:
     """How one task's prompts tokenize: the positions the stages run and read.
 
-    An example is `query` tokens through the scoring boundary ("(", x, ","),
-    then `answer` tokens covering the answer span (lead space, y, terminator),
-    `example` tokens in all (separator included; SmolLM2 writes "),", " (" so
-    that the next example's "(" is merged with the separator). `lead` answer
+    A query is `query` tokens through the scoring boundary ("(", x, ","; a
+    mean over the x range, `query_max` the longest), an answer `answer` tokens
+    covering its span (lead space, y, terminator), an example `example` tokens
+    in all, separator included (SmolLM2 writes "),", " (", merging the
+    separator into its neighbours). `lead` answer
     tokens sit at or before the decision position (1 where the space is its
     own token, 0 where it joins the number). `shared_query` tokens start
     every query alike (the "("). `trie_*` describe the integer lens's
@@ -198,19 +199,15 @@ class Layout:
         from iclprobe.prompts import draw_examples, render
         from iclprobe.tokens import AnswerSpan, encode, encode_answer
 
-        lengths, queries, answers, leads = [], [], [], []
+        lengths, answers, leads = [], [], []
         for replicate in range(1, task.replicates + 1):
             xs, ys = draw_examples(task, replicate)
             text, spans = render(task, xs, ys)
             seq = encode(tokenizer, text, [AnswerSpan(*s) for s in spans])
             lengths.append(len(seq.input_ids))
-            starts = [0, *[tokens[-1] + 1 for tokens in seq.answer_tokens[:-1]]]
-            for start, tokens, decision in zip(
-                starts, seq.answer_tokens, seq.decision, strict=True
-            ):
+            for tokens, decision in zip(seq.answer_tokens, seq.decision, strict=True):
                 answers.append(len(tokens))
                 leads.append(sum(t <= decision for t in tokens))
-                queries.append(tokens[0] - start)
         bos = len(tokenizer("")["input_ids"])
         # The probe's queries run over the whole x range.
         rows = [
@@ -228,7 +225,7 @@ class Layout:
         return cls._with_trie(
             bos=bos,
             example=(sum(lengths) / len(lengths) - bos - 1) / n,
-            query=sum(queries) / len(queries),
+            query=sum(r.boundary - bos for r in rows) / len(rows),
             query_max=max(r.boundary - bos for r in rows),
             answer=sum(answers) / len(answers),
             answer_max=max(answers),
@@ -352,6 +349,13 @@ class Part:
     vocab_ops: dict[str, int] = field(default_factory=dict)
     copies: int = 0
     memory: dict[str, int] = field(default_factory=dict)
+
+    def run(self, p: Pass, kv: int) -> None:
+        """Add a pass; one after a cache also copies that cache (`kv` bytes a position): the
+        model's DynamicCache appends each layer's new keys and values with a concatenation."""
+        self.passes.append(p)
+        if p.cached:
+            self.copies += p.rows * (p.cached + p.tokens) * kv * p.count
 
     def add_ops(self, elements: int, *ops: str, dtype: str = "float32") -> None:
         """Count operations over `elements`; "copy" (`.float()`) only outside float32."""
@@ -607,7 +611,7 @@ def lens_cost(
         if ints:
             nodes = layout.trie_nodes * n_read
             reads = (layout.trie_reads + layout.trie_root_branches) * n_read
-            trie.passes.append(Pass(1, nodes, cached=length, masked=True))
+            trie.run(Pass(1, nodes, cached=length, masked=True), kv)
             trie.copies += length * kv
             trie.restricted.append(((shape.layers + 1) * reads, layout.trie_columns))
             mask = nodes * (length + nodes) * (BYTES[dtype] + 1)
@@ -667,8 +671,8 @@ def heads_cost(
             context = math.ceil(layout.decision(example))
             for first in range(0, shape.layers, per_batch):
                 rows = min(per_batch, shape.layers - first) * shape.heads
-                ablation.passes.append(
-                    Pass(rows, suffix, cached=context, masked=True, unembed=rows * suffix)
+                ablation.run(
+                    Pass(rows, suffix, cached=context, masked=True, unembed=rows * suffix), kv
                 )
                 ablation.copies += (1 + rows) * context * kv
                 ablation.add_ops(rows * suffix * shape.vocab, "copy", "softmax", dtype=dtype)
@@ -725,9 +729,7 @@ def probe_cost(
         forced.passes.append(Pass(1, prefix, unembed=1))
         for first in range(0, n_queries, probe.batch_size):
             rows = min(probe.batch_size, n_queries - first)
-            forced.passes.append(
-                Pass(rows, width, cached=prefix, masked=True, unembed=rows * width)
-            )
+            forced.run(Pass(rows, width, cached=prefix, masked=True, unembed=rows * width), kv)
             forced.copies += (1 + rows) * prefix * kv
             forced.add_ops(rows * width * shape.vocab, "copy", "softmax", "argmax", dtype=dtype)
             memory = {
@@ -739,16 +741,16 @@ def probe_cost(
             forced.peak(memory)
             if decoding is None:  # the bound: every row decodes its whole budget
                 steps = [(rows, prefix + width + step) for step in range(budget - 1)]
-                _decode_rows(decode, shape, steps)
+                _decode_rows(decode, shape, steps, kv)
                 decode.peak({**memory, "logits": rows * shape.vocab * BYTES[dtype]})
-    _decode_rows(decode, shape, decoding.passes if decoding is not None else ())
+    _decode_rows(decode, shape, decoding.passes if decoding is not None else (), kv)
     return StageCost("probe", shape, dtype, [p for p in (forced, decode) if p.passes])
 
 
-def _decode_rows(part: Part, shape: ModelShape, steps) -> None:
+def _decode_rows(part: Part, shape: ModelShape, steps, kv: int) -> None:
     """Decoding passes of `rows` rows, one new token each, after `cached` positions."""
     for rows, cached in steps:
-        part.passes.append(Pass(rows, 1, cached=cached, masked=True, unembed=rows))
+        part.run(Pass(rows, 1, cached=cached, masked=True, unembed=rows), kv)
         part.add_ops(rows * shape.vocab, "argmax")
 
 
@@ -761,7 +763,7 @@ def patching_cost(
     dtype: str,
     device="cpu",
     decoding: Decoding | None = None,
-    candidates: int = 3,
+    candidates: float = 3,
 ) -> StageCost:
     """`iclprobe.patching` / `.patches`: per replicate a source tree and a patched target tree.
 
@@ -771,7 +773,8 @@ def patching_cost(
     copies of the decision token (L + 1 patched, one clean), logits at every
     node and kept by the tree. Per pair a fork copies the tree's cache and
     adds every candidate's remaining answer tokens after every copy
-    (`candidates` ≤ 3 answers: the task's, the source's, the target's own).
+    (`candidates`: distinct answers per pair, at most 3: the task's, the
+    source's, the target's own if it answers an integer).
     Greedy decoding (the target's own answer, layers whose answer leaves every
     candidate) is `decoding`; unknown, it is bounded by every layer of every
     pair decoding the whole budget.
@@ -794,7 +797,8 @@ def patching_cost(
     target_nodes = pairs * (chain + copies)
     # Each candidate's tokens after the decision position but the last, after every copy.
     fork_nodes = round(candidates * copies * max(layout.answer - layout.lead - 1, 0))
-    budget = layout.answer_max + 1  # digits, sign and terminator after the decision
+    # patches.answer_budget: the digits, a sign and the terminator after the decision position.
+    budget = layout.answer_max - layout.lead + 1
     sources, targets, forks, decode = (Part(n) for n in ("sources", "targets", "forks", "decoding"))
 
     def tree_memory(prefix: int, nodes: int, new: int) -> dict[str, int]:
@@ -816,29 +820,34 @@ def patching_cost(
         return {key: tree[key] + fork[key] for key in tree}
 
     for _ in replicates:
-        sources.passes += [
-            Pass(1, source_prefix, unembed=1),
-            Pass(1, source_nodes, cached=source_prefix, masked=True, unembed=source_nodes),
-        ]
+        sources.run(Pass(1, source_prefix, unembed=1), kv)
+        sources.run(
+            Pass(1, source_nodes, cached=source_prefix, masked=True, unembed=source_nodes), kv
+        )
         sources.add_ops(source_nodes * shape.vocab, "copy", dtype=dtype)
         sources.peak(tree_memory(source_prefix, source_nodes, source_nodes))
-        targets.passes += [
-            Pass(1, target_prefix, unembed=1),
-            Pass(1, target_nodes, cached=target_prefix, masked=True, unembed=target_nodes),
-        ]
+        targets.run(Pass(1, target_prefix, unembed=1), kv)
+        targets.run(
+            Pass(1, target_nodes, cached=target_prefix, masked=True, unembed=target_nodes), kv
+        )
         targets.add_ops(target_nodes * shape.vocab, "copy", "argmax", dtype=dtype)
         targets.peak(tree_memory(target_prefix, target_nodes, target_nodes))
-        size = target_nodes
+        # The unpatched targets' greedy answers grow the tree before the forks: at most
+        # `budget` steps of one node per pair (the bound, for memory).
+        size = target_nodes + pairs * budget
         if decoding is None:  # the bound: the default answers, then every layer stuck
+            grown = target_nodes
             for rows in [pairs] * budget + [pairs * (shape.layers + 1)] * budget:
-                decode.passes.append(
-                    Pass(1, rows, cached=target_prefix + size, masked=True, unembed=rows)
+                decode.run(
+                    Pass(1, rows, cached=target_prefix + grown, masked=True, unembed=rows), kv
                 )
-                size += rows
+                grown += rows
                 decode.add_ops(rows * shape.vocab, "copy", "argmax", dtype=dtype)
+            decode.peak(tree_memory(target_prefix, grown, pairs * (shape.layers + 1)))
         for _ in range(pairs):
-            forks.passes.append(
-                Pass(1, fork_nodes, cached=target_prefix + size, masked=True, unembed=fork_nodes)
+            forks.run(
+                Pass(1, fork_nodes, cached=target_prefix + size, masked=True, unembed=fork_nodes),
+                kv,
             )
             forks.copies += (target_prefix + size) * kv
             # log-softmax per node read (candidates × copies × tokens), argmax of the greedy walk
@@ -846,10 +855,9 @@ def patching_cost(
                 (fork_nodes + candidates * copies) * shape.vocab, "copy", "softmax", dtype=dtype
             )
             forks.peak(fork_memory(target_prefix, size, fork_nodes))
-        decode.peak(tree_memory(target_prefix, size, pairs * (shape.layers + 1)))
     if decoding is not None and decoding.passes:
         for nodes, cached in decoding.passes:
-            decode.passes.append(Pass(1, nodes, cached=cached, masked=True, unembed=nodes))
+            decode.run(Pass(1, nodes, cached=cached, masked=True, unembed=nodes), kv)
             decode.add_ops(nodes * shape.vocab, "copy", "argmax", dtype=dtype)
         # Decoded nodes stay in the replicate's tree.
         grown = target_nodes + sum(n for n, _ in decoding.passes) // len(replicates)
@@ -859,7 +867,8 @@ def patching_cost(
     return StageCost("patching", shape, dtype, [p for p in parts if p.passes])
 
 
-def stage_costs(
+def stage_cost(
+    stage: str,
     shape: ModelShape,
     settings: Settings,
     task: Task,
@@ -867,21 +876,181 @@ def stage_costs(
     dtype: str,
     device: str = "cpu",
     target_layout: Layout | None = None,
-) -> dict[str, StageCost]:
-    """Every enabled analysis stage's cost for one task, decoding bounded."""
-    costs = {"forward": forward_cost(shape, task, layout, settings.forward.batch_size, dtype)}
-    if settings.probe.enabled:
-        costs["probe"] = probe_cost(shape, task, layout, settings, dtype, device)
-    if settings.lens.enabled:
-        costs["lens"] = lens_cost(shape, task, layout, settings, dtype, device)
-    if settings.heads.enabled:
-        costs["heads"] = heads_cost(shape, task, layout, settings, dtype, device)
-    if settings.patching.enabled:
-        costs["patching"] = patching_cost(
-            shape, task, layout, target_layout, settings, dtype, device
+) -> StageCost:
+    """One stage's cost for one task (decoding bounded)."""
+    if stage == "forward":
+        return forward_cost(shape, task, layout, settings.forward.batch_size, dtype, device)
+    if stage == "probe":
+        return probe_cost(shape, task, layout, settings, dtype, device)
+    if stage == "lens":
+        return lens_cost(shape, task, layout, settings, dtype, device)
+    if stage == "heads":
+        return heads_cost(shape, task, layout, settings, dtype, device)
+    if stage == "patching":
+        return patching_cost(shape, task, layout, target_layout, settings, dtype, device)
+    raise ValueError(f"no cost model for stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+STAGES = ("forward", "probe", "lens", "heads", "patching")
+
+
+def stage_enabled(settings: Settings, stage: str) -> bool:
+    return stage == "forward" or getattr(settings, stage).enabled
+
+
+def estimated_layout(settings: Settings, task: Task, numbers: str = "digits", bos: int = 1):
+    """A task's layout without a tokenizer (`Layout.estimate`); digit by digit with a BOS
+    token is the larger of the two tokenizer styles, so it bounds memory from above."""
+    return Layout.estimate(task, settings.lens.candidates_for(task), numbers=numbers, bos=bos)
+
+
+# ---------------------------------------------------------------- resources
+
+# A stage job's process before it loads weights: Python, torch, transformers, polars, the
+# tokenizer (measured: 420 MB on the project's machine); allowed with room to spare.
+HOST_BASELINE = 1.0 * GB
+# Loading weights stored in another dtype converts them tensor by tensor: up to 1.5× them.
+LOAD_FACTOR = 1.5
+# Room left on each GPU beside the model: the CUDA context, the allocator's cache.
+GPU_RESERVE = 3 * GB
+
+
+def gpus_needed(cost: StageCost, gpu_memory: float, reserve: float = GPU_RESERVE) -> int:
+    """GPUs to hold the stage's peak (weights, split across them, and its transients)."""
+    return max(1, math.ceil(cost.peak / (gpu_memory - reserve)))
+
+
+def host_memory(cost: StageCost, device: str) -> int:
+    """Bytes of host memory a stage's job needs.
+
+    On CPU: the process, the weights as loaded (converted from the stored dtype),
+    the stage's transients. On CUDA the weights load straight onto the GPU(s)
+    (`models.load_prepared` passes a device map), one checkpoint shard (≤ 5 GB
+    as transformers writes them) at a time through the host.
+    """
+    if device == "cuda":
+        return int(HOST_BASELINE + min(cost.weights, 5 * GB))
+    return int(HOST_BASELINE + LOAD_FACTOR * cost.weights + cost.transient)
+
+
+def job_resources(
+    stage: str,
+    config: dict[str, Any],
+    settings: Settings,
+    task: Task,
+    device: str = "cpu",
+    gpu_memory: float = 80 * GB,
+) -> dict[str, int]:
+    """SLURM resources of one (stage, task) job from the model's config.json: `mem_mb`
+    (host memory, 20 % above the model's peak) and `gpu` (0 on CPU)."""
+    shape = ModelShape.from_config(config)
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    if settings.forward.dtype != "auto":
+        dtype = settings.forward.dtype
+    target = settings.tasks.get(task.patch_target)
+    layout = estimated_layout(settings, task)
+    target_layout = None if target is None else estimated_layout(settings, target)
+    cost = stage_cost(stage, shape, settings, task, layout, dtype, device, target_layout)
+    gpus = gpus_needed(cost, gpu_memory) if device == "cuda" else 0
+    return {"mem_mb": math.ceil(1.2 * host_memory(cost, device) / 2**20), "gpu": gpus}
+
+
+# ---------------------------------------------------------------- the table
+
+
+# Reading a checkpoint from a cluster's shared file system, bytes per second (assumed).
+READ_BANDWIDTH = 2 * GB
+
+
+def scale_table(
+    shape: ModelShape,
+    settings: Settings,
+    dtype: str = "bfloat16",
+    device: str = "cuda",
+    numbers: str = "grouped",
+    bos: int = 1,
+    gpu_memory: float = 80 * GB,
+    rates: Rates | None = None,
+    read_bandwidth: float = READ_BANDWIDTH,
+) -> list[dict[str, Any]]:
+    """Per stage over the config's tasks (one job each): the largest peak and what it holds,
+    the GPUs to hold it, compute seconds, loading seconds (every job reads the weights),
+    and GPU-hours (job time × GPUs, which all stay allocated while layers run in turn)."""
+    rates = rates or Rates.gpu(shape, dtype)
+    rows = []
+    for stage in STAGES:
+        if not stage_enabled(settings, stage):
+            continue
+        costs = []
+        for task in settings.tasks.values():
+            target = settings.tasks.get(task.patch_target)
+            layout = estimated_layout(settings, task, numbers, bos)
+            target_layout = (
+                None if target is None else estimated_layout(settings, target, numbers, bos)
+            )
+            costs.append(
+                stage_cost(stage, shape, settings, task, layout, dtype, device, target_layout)
+            )
+        worst = max(costs, key=lambda c: c.peak)
+        gpus = gpus_needed(worst, gpu_memory)
+        compute = sum(c.seconds(rates) for c in costs)
+        load = len(costs) * worst.weights / read_bandwidth
+        part = worst.peak_part()
+        held = ", ".join(f"{k} {v / GB:.2f}" for k, v in part.memory.items() if v >= 0.01 * GB)
+        rows.append(
+            {
+                "stage": stage,
+                "jobs": len(costs),
+                "tokens": sum(c.tokens for c in costs),
+                "tflop": sum(sum(c.flops().values()) for c in costs) / 1e12,
+                "peak_gb": worst.peak / GB,
+                "above_weights": f"{worst.transient / GB:.2f} ({part.name}: {held})",
+                "gpus": gpus,
+                "compute_s": compute,
+                "load_s": load,
+                "gpu_hours": (compute + load) * gpus / 3600,
+            }
         )
-    return costs
+    return rows
 
 
-def with_replicates(task: Task, replicates: int) -> Task:
-    return replace(task, replicates=replicates)
+def main(argv: list[str] | None = None) -> None:
+    """Print the per-stage table for a model shape and a config (docs/cost.md)."""
+    import argparse
+
+    import yaml
+
+    from iclprobe.config import load_settings
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--shape", default="llama-3.1-8b", help=f"one of {sorted(SHAPES)} or a folder")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(BYTES))
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    p.add_argument("--numbers", default="grouped", choices=["digits", "grouped"])
+    p.add_argument("--bos", type=int, default=1)
+    p.add_argument("--gpu-memory-gb", type=float, default=80)
+    p.add_argument("--mfu", type=float, default=0.4)
+    args = p.parse_args(argv)
+    shape = SHAPES.get(args.shape) or ModelShape.from_folder(args.shape)
+    settings = load_settings(yaml.safe_load(Path(args.config).read_text()))
+    rates = Rates.gpu(shape, args.dtype, mfu=args.mfu)
+    rows = scale_table(
+        shape,
+        settings,
+        args.dtype,
+        args.device,
+        args.numbers,
+        args.bos,
+        args.gpu_memory_gb * GB,
+        rates,
+    )
+    print(f"{args.shape}: {shape.parameters / 1e9:.2f} B parameters, {args.dtype}, {rates.source}")
+    columns = list(rows[0])
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+
+
+if __name__ == "__main__":
+    main()
