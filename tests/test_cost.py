@@ -9,7 +9,9 @@ published sizes. Times are never asserted here (benchmarks/cost.py measures them
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -189,3 +191,59 @@ def test_big_models_need_the_gpus_the_weights_need():
         weights = cost.SHAPES[name].weight_bytes("bfloat16") / cost.GB
         assert all(row["peak_gb"] >= weights for row in rows)
         assert math.ceil(max(row["peak_gb"] for row in rows) / 77) == gpus
+
+
+def _job_resources(text: str, rule: str) -> dict[str, int]:
+    """{resource: value} of the first job of `rule` in a dry run's output."""
+    block = text.split(f"rule {rule}:")[1].split("\n\n")[0]
+    line = re.search(r"resources: (.*)", block).group(1)
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)(?:,|$)", line)}
+
+
+@pytest.mark.parametrize(
+    "shape, device, gpus", [("llama-3.1-70b", "cuda", 2), ("llama-3.1-8b", "cpu", 0)]
+)
+def test_slurm_resources_come_from_the_models_config(tmp_path, shape, device, gpus):
+    """Each model job's mem_mb and gpu are the cost model's for that model, stage and task."""
+    from test_workflow import small_config, snakemake, write_config
+
+    folder = tmp_path / "source"
+    folder.mkdir()
+    config = cost_config(cost.SHAPES[shape])
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")  # a dry run reads no weights
+    raw = small_config({"path": str(folder)})
+    raw["forward"]["device"] = device
+    write_config(tmp_path, raw)
+    run = snakemake(tmp_path, "--dry-run", "results/heads/m/identity.parquet")
+    assert run.returncode == 0, run.stderr
+    settings = load_settings(raw)
+    for rule in ("forward", "heads"):
+        printed = _job_resources(run.stdout, rule)
+        task = settings.tasks["identity"]
+        expected = cost.job_resources(rule, config, settings, task, device, 80e9)
+        assert {k: printed[k] for k in expected} == expected, rule
+        assert printed["gpu"] == gpus
+        weights = cost.SHAPES[shape].weight_bytes("bfloat16" if device == "cuda" else "float32")
+        # On CPU the job holds the weights (converted from the stored dtype); on a GPU
+        # the host only stages them, one shard at a time.
+        if device == "cpu":
+            assert printed["mem_mb"] * 2**20 > 1.5 * weights
+        else:
+            assert printed["mem_mb"] * 2**20 < 0.1 * weights
+
+
+def cost_config(shape: cost.ModelShape) -> dict:
+    """A Llama config.json of this shape."""
+    return {
+        "model_type": "llama",
+        "num_hidden_layers": shape.layers,
+        "hidden_size": shape.hidden,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "intermediate_size": shape.intermediate,
+        "vocab_size": shape.vocab,
+        "tie_word_embeddings": shape.tied,
+        "max_position_embeddings": 8192,
+    }

@@ -955,6 +955,33 @@ def job_resources(
     return {"mem_mb": math.ceil(1.2 * host_memory(cost, device) / 2**20), "gpu": gpus}
 
 
+def prepare_memory(config: dict[str, Any]) -> int:
+    """Host bytes to prepare a model (`models.prepare_model`): it loads the source in float32
+    and writes it, about twice the float32 weights at the peak."""
+    return int(HOST_BASELINE + 2 * 4 * ModelShape.from_config(config).parameters)
+
+
+def model_config(prepared: Path | str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """A model's config.json: the prepared folder's, else a local source's or a cached hub
+    id's (no download); None when none is on disk yet (a GGUF file before preparation)."""
+    candidates = [Path(prepared) / "config.json"]
+    if "path" in spec:
+        candidates.append(Path(spec["path"]) / "config.json")
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text())
+    if "hf" in spec:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec["hf"], "config.json", spec.get("revision"))
+        except (ImportError, ValueError):
+            return None
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text())
+    return None
+
+
 # ---------------------------------------------------------------- the table
 
 
