@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1e9
 
+# Unembedding rows `readout.vocabulary_mean` converts to float32 at a time. A whole
+# float32 copy of a bfloat16 128k × 4096 unembedding (Llama-3.1-8B) is 2.1 GB, which was
+# the heads stage's largest transient there; 8192 rows are 134 MB.
+MEAN_CHUNK_ROWS = 8192
+
 
 # ---------------------------------------------------------------- model shape
 
@@ -633,7 +638,7 @@ def heads_cost(
     Attribution: one pass per replicate up to the last decision position (a
     KV cache kept for ablated replicates, copied and cropped to each ablated
     decision position); the centred unembedding row needs the vocabulary's
-    mean row (a float32 copy of the unembedding outside float32). Ablation:
+    mean row (float32 chunks of the unembedding outside float32). Ablation:
     per (replicate, example), the layers in batches of `batch_rows // H`
     layers × H rows, each row the decision token and the answer tokens after
     it over a copy of the context's cache, logits at every position with a
@@ -648,7 +653,8 @@ def heads_cost(
     kv, b = shape.kv_bytes(dtype), BYTES[dtype]
     attribution, ablation = Part("attribution"), Part("ablation")
     held = 0  # the cropped prefixes every causal replicate keeps until the stage ends
-    unembed_copy = shape.vocab * shape.hidden * 4 if b != 4 else 0
+    # The vocabulary's mean row: float32 chunks of the unembedding outside float32.
+    unembed_copy = min(shape.vocab, MEAN_CHUNK_ROWS) * shape.hidden * 4 if b != 4 else 0
     for replicate in replicates:
         causal = replicate in causal_reps
         attribution.passes.append(Pass(1, length, unembed=len(causal_examples) if causal else 0))
