@@ -247,3 +247,19 @@ def cost_config(shape: cost.ModelShape) -> dict:
         "tie_word_embeddings": shape.tied,
         "max_position_embeddings": 8192,
     }
+
+
+def test_device_map_splits_only_what_one_gpu_cannot_hold():
+    gb = cost.GB
+    h100 = (80 * gb, 80 * gb)  # (free, total)
+    eight, seventy = cost.SHAPES["llama-3.1-8b"], cost.SHAPES["llama-3.1-70b"]
+    assert cost.device_map(eight, "bfloat16", [h100, h100]) == {"device_map": {"": 0}}
+    placed = cost.device_map(seventy, "bfloat16", [h100] * 4)
+    assert placed["device_map"] == "auto"
+    # 141 GB of weights: two GPUs of 72 GB each (10 % left on each), not four.
+    assert placed["max_memory"] == {0: 72 * gb, 1: 72 * gb}
+    assert sum(placed["max_memory"].values()) >= seventy.weight_bytes("bfloat16")
+    with pytest.raises(ValueError, match=r"need 141\.1 GB"):
+        cost.device_map(seventy, "bfloat16", [h100])
+    # A GPU already half used by another process counts with what is free on it.
+    assert cost.device_map(eight, "bfloat16", [(20 * gb, 80 * gb), h100])["device_map"] == "auto"

@@ -961,6 +961,32 @@ def job_resources(
     return {"mem_mb": math.ceil(1.2 * host_memory(cost, device) / 2**20), "gpu": gpus}
 
 
+def device_map(
+    shape: ModelShape, dtype: str, gpus: list[tuple[int, int]], headroom: float = 0.1
+) -> dict[str, Any]:
+    """Where `from_pretrained` puts a model's weights on GPUs with (free, total) bytes each.
+
+    One GPU when the weights and `headroom` of its memory (the stages' transients, at
+    most 4.5 GB for 70B at the default settings, and the CUDA context) fit on the first;
+    else the blocks in order over as few GPUs as hold them (transformers' "auto" map
+    with a `max_memory` that leaves that headroom on each). The blocks then run in turn:
+    a split model is as fast as on one GPU of the same kind, not faster.
+    """
+    weights = shape.weight_bytes(dtype)
+    usable = [int(free - headroom * total) for free, total in gpus]
+    if usable and weights <= usable[0]:
+        return {"device_map": {"": 0}}
+    held = 0
+    for n, room in enumerate(usable, start=1):
+        held += max(room, 0)
+        if held >= weights:
+            return {"device_map": "auto", "max_memory": {i: usable[i] for i in range(n)}}
+    raise ValueError(
+        f"the weights need {weights / GB:.1f} GB but the {len(gpus)} GPU(s) have "
+        f"{max(held, 0) / GB:.1f} GB free beside {headroom:.0%} headroom each"
+    )
+
+
 def prepare_memory(config: dict[str, Any]) -> int:
     """Host bytes to prepare a model (`models.prepare_model`): it loads the source in float32
     and writes it, about twice the float32 weights at the peak."""
@@ -1080,9 +1106,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{args.shape}: {shape.parameters / 1e9:.2f} B parameters, {args.dtype}, {rates.source}")
     columns = list(rows[0])
-    print(" | ".join(columns))
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for row in rows:
-        print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+        cells = [
+            f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v
+            for v in row.values()
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ def freeze_norm(module: nn.Module, kind: NormKind, clean: torch.Tensor) -> Froze
     """Freeze `module`'s statistics at `clean` (…, d)."""
     x = clean.float()
     eps = _eps(module)
-    weight = module.weight.float()
+    weight = module.weight.float().to(x.device)
     if kind == "layer":
         centred = x - x.mean(-1, keepdim=True)
         scale = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)  # (…, 1)
-        bias = None if module.bias is None else module.bias.float()
+        bias = None if module.bias is None else module.bias.float().to(x.device)
         return FrozenNorm(kind, scale, weight, bias)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (…, 1)
     gain = 1.0 + weight if kind == "rms_one_plus" else weight
