@@ -51,7 +51,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from iclprobe import cost
 from iclprobe.config import load_settings
-from iclprobe.forward import run_forward
+from iclprobe.forward import encode_prompts, run_forward
 from iclprobe.heads import run_heads
 from iclprobe.lens import LensPlan, run_lens
 from iclprobe.patching import run_patching
@@ -165,6 +165,18 @@ def measured(model):
 def _seconds(fn, repeats: int) -> float:
     fn()
     return common.measure(fn, repeats)["cpu_s"]
+
+
+PROBE_ROWS = 16
+
+
+@torch.inference_mode()
+def load_probe(model) -> float:
+    """CPU seconds of the model's block matrices at 16 rows: run beside each stage and the
+    rates, their ratio says how much other work on the machine slowed this one down."""
+    mats = block_matrices(model)
+    inputs = {w.shape[1]: torch.randn(PROBE_ROWS, w.shape[1]) for w in mats}
+    return _seconds(lambda: [F.linear(inputs[w.shape[1]], w) for w in mats], 3)
 
 
 def block_matrices(model) -> list[torch.Tensor]:
@@ -378,8 +390,10 @@ def run_stages(model, tokenizer, settings, model_name: str) -> dict:
     records = {}
     for stage, call in calls.items():
         print(f"  {stage}: timed", flush=True)
+        before = load_probe(model)
         with measured(model) as records[stage]:
             call()
+        records[stage]["probe_s"] = (before + load_probe(model)) / 2
     for stage, call in calls.items():
         print(f"  {stage}: allocations tracked", flush=True)
         settle()
@@ -397,6 +411,18 @@ def patching_candidates(table: pl.DataFrame) -> float:
         len({y for y in row if y is not None})
         for row in pairs.select("y_task", "y_answer", "y_target_default").iter_rows()
     ) / max(pairs.height, 1)
+
+
+def ablated_answers(settings, tokenizer) -> list[int]:
+    """Answer tokens of each example the heads stage ablates (a finer layout than a mean)."""
+    task, heads = settings.tasks[TASK], settings.heads
+    replicates, encoded = encode_prompts(make_prompts(task), tokenizer)
+    by_replicate = dict(zip(replicates, encoded, strict=True))
+    return [
+        len(by_replicate[r].answer_tokens[e - 1])
+        for r in heads.causal_replicates_for(task)
+        for e in heads.causal_examples_for(task)
+    ]
 
 
 def predictions(shape, settings, tokenizer, records) -> dict[str, cost.StageCost]:
@@ -420,7 +446,9 @@ def predictions(shape, settings, tokenizer, records) -> dict[str, cost.StageCost
             shape, task, layout, settings, dtype, decoding=decoded("probe", True)
         ),
         "lens": cost.lens_cost(shape, task, layout, settings, dtype),
-        "heads": cost.heads_cost(shape, task, layout, settings, dtype),
+        "heads": cost.heads_cost(
+            shape, task, layout, settings, dtype, answers=ablated_answers(settings, tokenizer)
+        ),
         "patching": cost.patching_cost(
             shape,
             task,
@@ -450,6 +478,8 @@ def compare(shape_name, shape, predicted, records, rates) -> list[dict]:
                 "time_cpu_s": r["cpu_s"],
                 "time_ratio": seconds / r["cpu_s"],
                 "time_met": common.verdict(abs(seconds / r["cpu_s"] - 1) <= 0.25),
+                "slowdown": r["slowdown"],
+                "ratio_at_load": seconds * r["slowdown"] / r["cpu_s"],
                 "wall_s": r["wall_s"],
                 "mem_model_mb": p.transient / 2**20,
                 "mem_tracked_mb": r["tracked_peak"] / 2**20,
@@ -478,7 +508,10 @@ def shape_run(shape_name: str, args, tokenizer) -> tuple[list[dict], dict]:
     shape = cost.ModelShape.from_config(model.config.to_dict())
     print(f"{shape_name}: {shape}; measuring rates", flush=True)
     rates = measure_rates(model, shape, args.quick)
+    probe_at_rates = load_probe(model)
     records = run_stages(model, tokenizer, settings, shape_name)
+    for record in records.values():
+        record["slowdown"] = record["probe_s"] / probe_at_rates
     predicted = predictions(shape, settings, tokenizer, records)
     rows = compare(shape_name, shape, predicted, records, rates)
     weights = {
@@ -552,6 +585,12 @@ def main() -> None:
             "tokens_run: positions the model's passes received"
         ),
         "load_1min: the 1-minute load average at the stage's start → end (2 CPUs)",
+        (
+            "slowdown: CPU seconds of the model's block matrices at 16 rows around the stage "
+            "over the same right after the rates were measured (1 when nothing else ran "
+            "between them); ratio_at_load: time_ratio × slowdown, the model with rates "
+            "scaled to the machine's state during the stage"
+        ),
         "weights: "
         + "; ".join(
             f"{w['shape']} {w['weights_model_mb']:.0f} MB predicted, "

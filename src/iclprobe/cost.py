@@ -631,7 +631,13 @@ def lens_cost(
 
 
 def heads_cost(
-    shape: ModelShape, task: Task, layout: Layout, settings: Settings, dtype: str, device="cpu"
+    shape: ModelShape,
+    task: Task,
+    layout: Layout,
+    settings: Settings,
+    dtype: str,
+    device="cpu",
+    answers: list[int] | None = None,
 ) -> StageCost:
     """`iclprobe.heads`: attribution passes, then mean-ablation rows over cropped caches.
 
@@ -642,7 +648,9 @@ def heads_cost(
     per (replicate, example), the layers in batches of `batch_rows // H`
     layers × H rows, each row the decision token and the answer tokens after
     it over a copy of the context's cache, logits at every position with a
-    float32 log-softmax (the normaliser of each row).
+    float32 log-softmax (the normaliser of each row). `answers`: the answer
+    tokens of each ablated (replicate, example) in order, where known (few
+    examples are ablated, so the layout's mean can be off by a digit).
     """
     heads = settings.heads
     examples = heads.examples_for(task)
@@ -671,25 +679,24 @@ def heads_cost(
             }
         )
     per_batch = max(1, heads.batch_rows // shape.heads)
-    suffix = max(round(layout.answer) - layout.lead, 1)
-    for _ in causal_reps:
-        for example in causal_examples:
-            context = math.ceil(layout.decision(example))
-            for first in range(0, shape.layers, per_batch):
-                rows = min(per_batch, shape.layers - first) * shape.heads
-                ablation.run(
-                    Pass(rows, suffix, cached=context, masked=True, unembed=rows * suffix), kv
-                )
-                ablation.copies += (1 + rows) * context * kv
-                ablation.add_ops(rows * suffix * shape.vocab, "copy", "softmax", dtype=dtype)
-                ablation.peak(
-                    {
-                        "kv_cache": held + rows * (context + suffix) * kv,
-                        "activations": shape.activation_bytes(rows * suffix, dtype)
-                        + _gqa_copy(shape, dtype, rows, context + suffix, device),
-                        "logits": _logits(shape, dtype, rows * suffix, 2),  # and log-softmax
-                    }
-                )
+    todo = [(r, e) for r in causal_reps for e in causal_examples]
+    answers = answers or [round(layout.answer)] * len(todo)
+    for (_, example), answer in zip(todo, answers, strict=True):
+        suffix = max(answer - layout.lead, 1)
+        context = math.ceil(layout.decision(example))
+        for first in range(0, shape.layers, per_batch):
+            rows = min(per_batch, shape.layers - first) * shape.heads
+            ablation.run(Pass(rows, suffix, cached=context, masked=True, unembed=rows * suffix), kv)
+            ablation.copies += (1 + rows) * context * kv
+            ablation.add_ops(rows * suffix * shape.vocab, "copy", "softmax", dtype=dtype)
+            ablation.peak(
+                {
+                    "kv_cache": held + rows * (context + suffix) * kv,
+                    "activations": shape.activation_bytes(rows * suffix, dtype)
+                    + _gqa_copy(shape, dtype, rows, context + suffix, device),
+                    "logits": _logits(shape, dtype, rows * suffix, 2),  # and log-softmax
+                }
+            )
     return StageCost("heads", shape, dtype, [p for p in (attribution, ablation) if p.passes])
 
 
