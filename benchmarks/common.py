@@ -119,6 +119,7 @@ def measure(fn: Callable[[], Any], repeats: int = 3, device: str = "cpu") -> dic
         "wall_s": min(walls),
         "wall_s_median": statistics.median(walls),
         "cpu_s": min(cpus),
+        "cpu_s_median": statistics.median(cpus),
         "repeats": repeats,
         "result": result,
     }

@@ -55,6 +55,7 @@ from iclprobe.forward import encode_prompts, run_forward
 from iclprobe.heads import run_heads
 from iclprobe.lens import LensPlan, run_lens
 from iclprobe.patching import run_patching
+from iclprobe.prefix import _batch_cache, encode_prefix
 from iclprobe.probe import run_probe
 from iclprobe.prompts import make_prompts
 
@@ -163,8 +164,10 @@ def measured(model):
 
 
 def _seconds(fn, repeats: int) -> float:
+    """Median CPU seconds of `fn` after a warm-up: on a shared machine the stages run at
+    its typical state, not its best."""
     fn()
-    return common.measure(fn, repeats)["cpu_s"]
+    return common.measure(fn, repeats)["cpu_s_median"]
 
 
 PROBE_ROWS = 16
@@ -212,6 +215,22 @@ def _elementwise(shape: cost.ModelShape, m: int) -> float:
         return z + y
 
     return _seconds(block, 5) / m
+
+
+def _cache_copy_rate(model, shape: cost.ModelShape, rows: int = 32, cached: int = 256) -> float:
+    """Bytes written per second by the KV cache copies the stages make, timed on the model's
+    own cache of `cached` positions: copied and repeated for `rows` rows (`prefix._batch_cache`,
+    as a batch of queries or ablations does), then every layer's keys and values grown by 3
+    positions (the concatenation of a pass after a cache). Fresh allocations of this size
+    fault their pages in, which a copy between warm buffers would not show."""
+    prefix = encode_prefix(model, list(range(cached)))
+    batched = _seconds(lambda: _batch_cache(prefix, rows), 3)
+    cache = _batch_cache(prefix, rows)
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    new = torch.randn(rows, shape.kv_heads, 3, shape.head_dim)
+    grown = _seconds(lambda: [torch.cat([t, new], dim=-2) for t in tensors], 3)
+    kv = shape.kv_bytes("float32")
+    return ((1 + rows) * cached * kv + rows * (cached + 3) * kv) / (batched + grown)
 
 
 def _overheads() -> tuple[float, float]:
@@ -270,8 +289,7 @@ def measure_rates(model, shape: cost.ModelShape, quick: bool) -> cost.Rates:
     }
     vocab = {name: _seconds(fn, 5) / x.numel() for name, fn in ops.items()}
     vocab["copy"] /= 2  # two conversions
-    big = torch.randn(16 * 2**20)  # 64 MB
-    copy = big.numel() * 4 / _seconds(big.clone, 5)
+    copy = _cache_copy_rate(model, shape)
     per_layer, per_pass = _overheads()
     return cost.Rates(
         linear=tuple(linear),
