@@ -249,7 +249,8 @@ class Layout:
         numbers="digits": one token per digit (SmolLM2, Llama-2, Qwen2, Gemma);
         "grouped": up to three digits per token (Llama-3, GPT-4's tokenizers).
         Either way "(", ",", " ", ")," and " (" are one token each and a minus
-        sign is a token of its own. Other templates: about one token per piece.
+        sign is a token of its own; another template is counted as if it were
+        this one (a rough estimate: measure with its tokenizer instead).
         """
 
         def tokens(value: int) -> int:
