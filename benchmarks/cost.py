@@ -227,7 +227,7 @@ def _cache_copy_rate(model, shape: cost.ModelShape, rows: int = 32, cached: int 
     heap given back to the system, so that the copies fault their pages in as the stages'
     fresh copies do (measured: 2.3 GB/s on SmolLM2 so, 4.5 GB/s into warm pages; an
     ablation pass there copied at 2.9)."""
-    prefix = encode_prefix(model, list(range(cached)))
+    prefix = encode_prefix(model, [i % shape.vocab for i in range(cached)])
     new = torch.randn(rows, shape.kv_heads, 3, shape.head_dim)
     seconds = []
     for _ in range(5):
