@@ -119,6 +119,7 @@ def measure(fn: Callable[[], Any], repeats: int = 3, device: str = "cpu") -> dic
         "wall_s": min(walls),
         "wall_s_median": statistics.median(walls),
         "cpu_s": min(cpus),
+        "cpu_s_median": statistics.median(cpus),
         "repeats": repeats,
         "result": result,
     }
@@ -311,3 +312,91 @@ def finish(name: str, args, info: dict[str, Any], tables: list[dict], raw: dict[
     path = args.out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+# --- memory ------------------------------------------------------------------
+
+
+class TrackedMemory:
+    """Peak bytes of the tensors torch allocates inside the block (a CPU max_memory_allocated).
+
+    A TorchDispatchMode sees every operator's outputs: an output whose storage
+    is none of its inputs' (not a view, not in place) is a new allocation,
+    counted until its storage is freed (a weak reference tells). Tensor
+    deep copies (KV caches are copied with `copy.deepcopy`) do not pass
+    through the dispatcher, so `Tensor.__deepcopy__` is wrapped too. Slower
+    than the code it watches: time it separately.
+
+        with TrackedMemory() as tracked:
+            run()
+        tracked.peak  # bytes
+    """
+
+    def __init__(self):
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.current = self.peak = 0
+
+        def track(tensor) -> None:
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                return
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            held = tracker.live.get(key)
+            if held is not None and not held[0].expired():
+                return
+            if held is not None:
+                tracker.current -= held[1]
+            tracker.live[key] = (StorageWeakRef(storage), storage.nbytes())
+            tracker.current += storage.nbytes()
+            if tracker.current > tracker.peak:
+                tracker._purge()
+                tracker.peak = max(tracker.peak, tracker.current)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {
+                    x.untyped_storage().data_ptr()
+                    for x in tree_flatten((args, kwargs))[0]
+                    if isinstance(x, torch.Tensor) and x.device.type != "meta"
+                }
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                        track(t)
+                return out
+
+        self._mode = Mode()
+        self._deepcopy = torch.Tensor.__deepcopy__
+        self._track = track
+
+    def _purge(self) -> None:
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+
+    def __enter__(self):
+        import torch
+
+        original, track = self._deepcopy, self._track
+
+        def deepcopy(tensor, memo):
+            copied = original(tensor, memo)
+            track(copied)
+            return copied
+
+        torch.Tensor.__deepcopy__ = deepcopy
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._mode.__exit__(*exc)
+        torch.Tensor.__deepcopy__ = self._deepcopy
+        self._purge()
+        return False

@@ -14,6 +14,7 @@ separately, on a machine with CUDA.
   3 stages         every analysis stage's tokens/s vs a bare forward
   4 workflow       snakemake --cores 4 all from clean, then a no-op rerun
   5 scaling        wall time vs replicates and examples, fitted in tokens
+  7 cost           iclprobe.cost's time and memory per stage vs measured, two shapes
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import common
 
-BENCHMARKS = ["single_pass", "forward_limit", "stages", "workflow", "scaling"]
+BENCHMARKS = ["single_pass", "forward_limit", "stages", "workflow", "scaling", "cost"]
 
 
 def main() -> None:

@@ -130,3 +130,38 @@ def test_job_times_from_a_snakemake_log():
 @pytest.mark.parametrize("value, text", [(0.5, "0.5"), (1234.5, "1,234"), (3e-6, "3.0e-06")])
 def test_table_numbers(value, text):
     assert common.fmt(value) == text
+
+
+def test_cost_benchmark_quick(tmp_path, tiny_llama_folder):
+    """benchmarks/cost.py --quick on a tiny prepared model and the small Llama shape: every
+    stage of both is run, measured and predicted (no timing is asserted)."""
+    from iclprobe.models import prepare_model
+
+    model = tmp_path / "tiny-prepared"
+    prepare_model({"path": str(tiny_llama_folder)}, model)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cost.py"), "--quick", "--model", str(model)]
+        + ["--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "cost.json").read_text())
+    rows = result["tables"][0]["rows"]
+    assert [(r["shape"], r["stage"]) for r in rows] == [
+        (shape, stage) for shape in ("tiny-prepared", "llama1b") for stage in cost_stages()
+    ]
+    for row in rows:
+        assert row["time_model_s"] > 0 and row["time_cpu_s"] > 0
+        assert row["mem_model_mb"] > 0 and row["mem_tracked_mb"] > 0
+        # Positions the model counts against those the passes received (the quick
+        # settings look at few examples, whose answers may be shorter than the mean).
+        assert row["tokens_model"] == pytest.approx(row["tokens_run"], rel=0.25)
+
+
+def cost_stages() -> list[str]:
+    return ["forward", "probe", "lens", "heads", "patching"]

@@ -420,3 +420,37 @@ def test_smollm2_heads(smollm2):
     assert 0 < floor < 1e-3
     assert abs(np.log(row["ablated_p_correct"]) - expected) <= floor
     assert row["effect_resolved"] and abs(row["effect"]) > 10 * row["effect_floor"]
+
+
+def test_chunked_vocabulary_mean_equals_the_whole_float32_copy(monkeypatch):
+    """Outside float32 the mean row is taken in chunks of rows (no whole float32 copy of the
+    unembedding, iclprobe.cost): the same mean within float32 rounding, and the same
+    attribution of a bfloat16 model."""
+    from iclprobe import readout
+
+    torch.manual_seed(0)
+    weight = torch.randn(50_000, 64).bfloat16()  # (V, d)
+    whole = weight.float().mean(0)
+    chunked = readout.vocabulary_mean(weight, chunk_rows=4096)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+
+    tokenizer = digit_tokenizer()
+    model = tiny_model("llama", 4096).to(torch.bfloat16)
+    prompts, forward = _stage_inputs(model, tokenizer)
+
+    def table(chunk_rows):
+        monkeypatch.setattr(
+            "iclprobe.heads.centred_unembedding",
+            lambda anatomy, ids: readout.centred_unembedding(anatomy, ids, chunk_rows),
+        )
+        return run_heads(
+            prompts, forward, model, tokenizer, model_name="t", examples=[2, 6], replicates=[1, 2]
+        )
+
+    chunked, whole = table(512), table(None)
+    np.testing.assert_allclose(
+        chunked["contribution"].to_numpy(), whole["contribution"].to_numpy(), atol=1e-5, rtol=0
+    )
+    # float32 weights are averaged as they are: bit for bit the old computation.
+    weight32 = weight.float()
+    assert torch.equal(readout.vocabulary_mean(weight32, chunk_rows=4096), weight32.mean(0))

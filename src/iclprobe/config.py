@@ -41,6 +41,7 @@ class ForwardSettings:
     dtype: str
     device: str
     threads: int
+    gpu_memory_gb: float
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ def clean_run(
     at = torch.tensor(positions, device=anatomy.unembed.weight.device)  # (n,)
 
     def select(t: torch.Tensor) -> torch.Tensor:
-        return t[0, at]  # (1, S, …) -> (n, …)
+        return t[0, at.to(t.device)]  # (1, S, …) -> (n, …)
 
     layers = [0, anatomy.n_layers]
     with (
@@ -195,9 +195,10 @@ def direct_attribution(anatomy: Anatomy, run: CleanRun, targets: torch.Tensor) -
     heads, biases = [], []
     for layer in range(1, anatomy.n_layers + 1):
         z = run.heads[layer].float()  # (n, H, D)
-        per_head = torch.einsum("nhk,hkd->nhd", z, anatomy.head_weights(layer).float())
+        weights = anatomy.head_weights(layer).float().to(z.device)  # (H, D, d)
+        per_head = torch.einsum("nhk,hkd->nhd", z, weights)
         bias = anatomy.head_bias(layer)
-        bias = None if bias is None else bias.float().expand(n, -1)  # (n, d)
+        bias = None if bias is None else bias.float().to(z.device).expand(n, -1)  # (n, d)
         if anatomy.branch_norm:
             # Gemma normalises the projection's output before the residual add: freeze
             # that norm at the clean output, so the heads' shares stay additive.
@@ -226,11 +227,12 @@ def direct_attribution(anatomy: Anatomy, run: CleanRun, targets: torch.Tensor) -
 
 def _replace_at_decision(rows: torch.Tensor, values: torch.Tensor):
     """An edit of z (B, S, H, D) that sets head rows[i] - first of row rows[i] at position 0."""
-    heads = torch.arange(len(rows), device=rows.device)
+    heads = torch.arange(len(rows))
 
     def edit(z: torch.Tensor) -> torch.Tensor:
         z = z.clone()
-        z[rows, 0, heads] = values.to(z.dtype)  # (H, D) into H rows, one head each
+        # (H, D) into H rows, one head each; on the block's device (a model may be split)
+        z[rows.to(z.device), 0, heads.to(z.device)] = values.to(z.device, z.dtype)
         return z
 
     return edit
@@ -281,9 +283,12 @@ def ablated_logprobs(
             # The last row is the control: no edit touches it.
             run = run_suffixes(model, prefix, [suffix] * (len(layers) * n_heads + 1))
         logp = run.logits.log_softmax(-1)  # (B, S, V)
-        picked = logp[:, steps, target].sum(-1).cpu()  # (B,)
+        picked = logp[:, steps.to(logp.device), target.to(logp.device)].sum(-1).cpu()  # (B,)
         out[first - 1 : layers[-1]] = picked[:-1].view(len(layers), n_heads)
         unedited.append(picked[-1])
+        # Freed before the next batch runs: else two batches' cache copies and logits
+        # are alive at once, twice the stage's peak memory (iclprobe.cost).
+        del run, logp
     return Ablations(out, torch.stack(unedited))
 
 

@@ -11,7 +11,9 @@ Activations are addressed by the canonical names of `iclprobe.anatomy`:
 - the two branches of block ℓ that are added to the residual stream (B, S, d).
 
 `select` arguments pick what to keep from a (B, S, …) tensor (e.g. one position
-per row), so a capture holds kilobytes, not the whole stream.
+per row), so a capture holds kilobytes, not the whole stream. What is captured
+is gathered on the unembedding's device, where the read-outs use it (a model
+split over GPUs runs its blocks on several).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 
 def _keep_all(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def _gather(anatomy: Anatomy, t: torch.Tensor) -> torch.Tensor:
+    """A captured tensor, detached, on the unembedding's device (a no-op on one device)."""
+    return t.detach().to(anatomy.unembed.weight.device)
 
 
 @contextmanager
@@ -84,13 +91,13 @@ def capture_residual(
         if layer == 0:
 
             def read_input(module, args, kwargs):
-                store[0] = select(_first_input(args, kwargs)).detach()
+                store[0] = _gather(anatomy, select(_first_input(args, kwargs)))
 
             pre.append((anatomy.blocks[0], read_input))
         else:
 
             def read_output(module, args, output, layer=layer):
-                store[layer] = select(_output_tensor(output)).detach()
+                store[layer] = _gather(anatomy, select(_output_tensor(output)))
 
             post.append((anatomy.blocks[layer - 1], read_output))
     with hooked(pre, post):
@@ -131,7 +138,9 @@ def capture_heads(
     for layer in wanted:
 
         def read(module, args, kwargs, layer=layer):
-            store[layer] = _split_heads(anatomy, select(_first_input(args, kwargs))).detach()
+            store[layer] = _gather(
+                anatomy, _split_heads(anatomy, select(_first_input(args, kwargs)))
+            )
 
         pre.append((anatomy.attn_out[layer - 1], read))
     with hooked(pre=pre):
@@ -162,7 +171,7 @@ def capture_branches(
         for kind, modules in (("attn", anatomy.attn_branch), ("mlp", anatomy.mlp_branch)):
 
             def read(module, args, output, kind=kind, layer=layer):
-                store[kind][layer] = select(_output_tensor(output)).detach()
+                store[kind][layer] = _gather(anatomy, select(_output_tensor(output)))
 
             post.append((modules[layer - 1], read))
     with hooked(post=post):

@@ -104,7 +104,7 @@ def branching_residuals(
         n = len(nodes.tokens)
         parents = [p if p < 0 else p + e * n for e in range(n_ctx) for p in nodes.parents]
         read = torch.tensor(nodes.read * n_ctx, device=prefix.last_logits.device)  # (E*n,)
-        with capture_residual(anatomy, select=lambda t: t[0, read]) as resid:
+        with capture_residual(anatomy, select=lambda t: t[0, read.to(t.device)]) as resid:
             run_tree(
                 model,
                 prefix,

@@ -225,7 +225,7 @@ def _read_replicate(model, anatomy: Anatomy, seq, examples: list[int], integers:
     positions = decisions + [b - 1 for b in boundaries]
     at = torch.tensor(positions, device=next(model.parameters()).device)
     end = max(positions) + 1
-    with capture_residual(anatomy, select=lambda t: t[0, at]) as resid:
+    with capture_residual(anatomy, select=lambda t: t[0, at.to(t.device)]) as resid:
         prefixes = encode_prefixes(model, seq.input_ids[:end], [end] if integers else [])
     stack = torch.stack([resid[layer] for layer in range(anatomy.n_layers + 1)])  # (L+1, P, d)
     n = len(examples)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from iclprobe.cost import ModelShape, device_map
 from iclprobe.io import atomic_output
 from iclprobe.sources import (  # checks without torch
     OFFLINE_ADVICE,
@@ -124,7 +125,16 @@ def load_prepared(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(dev).eval()
+    if dev.type == "cuda":
+        # Straight onto the GPU(s), no host copy; a model larger than one GPU is split by
+        # blocks over as many as it needs (iclprobe.cost.device_map).
+        gpus = [torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())]
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        placement = device_map(ModelShape.from_folder(folder), dtype_name, gpus)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **placement)
+        model.eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(dev).eval()
     info = {
         **source,
         "dtype": str(torch_dtype).removeprefix("torch."),

@@ -123,7 +123,7 @@ def _replace(slots: torch.Tensor, values: torch.Tensor):
 
     def edit(resid: torch.Tensor) -> torch.Tensor:  # (1, S, d)
         out = resid.clone()
-        out[0, slots] = values.to(out.dtype)
+        out[0, slots] = values.to(out.device, out.dtype)  # the block's device (a split model)
         return out
 
     return edit

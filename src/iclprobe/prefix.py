@@ -291,7 +291,7 @@ def encode_prefixes(model, ids: list[int], lengths: list[int]) -> list[Prefix]:
         raise ValueError(f"prefix lengths {lengths} must lie in 1…{len(ids)}")
     device = _device(model)
     input_ids = torch.tensor([ids], device=device)  # (1, S)
-    keep = torch.tensor([n - 1 for n in lengths], dtype=torch.long, device=device)  # (n,)
+    keep = torch.tensor([n - 1 for n in lengths], dtype=torch.long)  # (n,) on the CPU: any device
     out = model(input_ids=input_ids, use_cache=bool(lengths), logits_to_keep=keep)
     if not lengths:
         return []
@@ -381,7 +381,7 @@ def run_tree(
         attention_mask=mask,
         position_ids=positions[None],  # (1, N)
         use_cache=True,
-        logits_to_keep=0 if logits else _NO_LOGITS.to(device),
+        logits_to_keep=0 if logits else _NO_LOGITS,
         **{_cache_argument(type(model)): copy.deepcopy(prefix.cache)},
     )
     return out.logits[0].float() if logits else None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from iclprobe.anatomy import Anatomy, NormKind
+from iclprobe.cost import MEAN_CHUNK_ROWS  # the cost model counts its memory
 
 
 def readout(
@@ -74,11 +75,11 @@ def freeze_norm(module: nn.Module, kind: NormKind, clean: torch.Tensor) -> Froze
     """Freeze `module`'s statistics at `clean` (…, d)."""
     x = clean.float()
     eps = _eps(module)
-    weight = module.weight.float()
+    weight = module.weight.float().to(x.device)
     if kind == "layer":
         centred = x - x.mean(-1, keepdim=True)
         scale = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)  # (…, 1)
-        bias = None if module.bias is None else module.bias.float()
+        bias = None if module.bias is None else module.bias.float().to(x.device)
         return FrozenNorm(kind, scale, weight, bias)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (…, 1)
     gain = 1.0 + weight if kind == "rms_one_plus" else weight
@@ -89,15 +90,32 @@ def freeze_final_norm(anatomy: Anatomy, clean: torch.Tensor) -> FrozenNorm:
     return freeze_norm(anatomy.final_norm, anatomy.norm, clean)
 
 
-def centred_unembedding(anatomy: Anatomy, token_ids: torch.Tensor) -> torch.Tensor:
+def vocabulary_mean(weight: torch.Tensor, chunk_rows: int | None = MEAN_CHUNK_ROWS) -> torch.Tensor:
+    """The mean row (d,) in float32 of an unembedding `weight` (V, d).
+
+    A float32 weight is averaged as it is (no copy is made); another dtype is
+    converted `chunk_rows` rows at a time (None: all at once), which moves the
+    mean only by float32 rounding (tests/test_heads.py checks both ways agree).
+    """
+    if weight.dtype == torch.float32 or chunk_rows is None:
+        return weight.float().mean(0)
+    total = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)  # (d,)
+    for first in range(0, weight.shape[0], chunk_rows):
+        total += weight[first : first + chunk_rows].float().sum(0)
+    return total / weight.shape[0]
+
+
+def centred_unembedding(
+    anatomy: Anatomy, token_ids: torch.Tensor, chunk_rows: int | None = MEAN_CHUNK_ROWS
+) -> torch.Tensor:
     """Unembedding rows minus the vocabulary's mean row: (…, d) for token_ids (…).
 
     Dotted with the final-normed residual this gives the logit minus the mean
     logit over the vocabulary (the bias aside): a centring that does not
     depend on which other token one compares with.
     """
-    weight = anatomy.unembed.weight.float()  # (V, d)
-    return weight[token_ids] - weight.mean(0)  # (…, d)
+    weight = anatomy.unembed.weight  # (V, d)
+    return weight[token_ids].float() - vocabulary_mean(weight, chunk_rows)  # (…, d)
 
 
 def centred_bias(anatomy: Anatomy, token_ids: torch.Tensor) -> torch.Tensor | None:

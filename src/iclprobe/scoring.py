@@ -57,7 +57,9 @@ def _logits_at(model, ids, mask, positions: list[int]) -> torch.Tensor:
     without `logits_to_keep` get the full logits, then indexed.
     """
     try:
-        keep = torch.tensor(positions, device=ids.device)
+        # On the CPU: a model split over GPUs slices its last hidden states on its last
+        # device, and a CPU index serves every device.
+        keep = torch.tensor(positions)
         return model(
             input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False
         ).logits

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from iclprobe.code_version import code_version
 from iclprobe.config import ConfigError, load_settings
+from iclprobe.cost import job_resources, model_config, prepare_memory
 from iclprobe.io import FORMAT_VERSION, set_aside_stale
 from iclprobe.preflight import PreflightError, check_prepared
 from iclprobe.sources import ModelError, check_source, current_digest
@@ -77,6 +78,40 @@ def model_digest(wildcards):
         return current_digest(spec, prepared, ".snakemake/iclprobe/source-digests.json")
     except ModelError as err:
         raise WorkflowError(f"models.{wildcards.model}: {err}") from None
+
+
+def _config_of(model):
+    return model_config(Path("resources/models", model), SETTINGS.models[model])
+
+
+def stage_resources(stage, key):
+    """A resource (`mem_mb` or `gpu`) of a model job, from the model's config.json and the
+    settings (iclprobe.cost); before a GGUF model is prepared (a dry run) a fixed guess.
+    Each retry asks for more memory."""
+
+    def resource(wildcards, attempt):
+        config = _config_of(wildcards.model)
+        if config is None:
+            return {"mem_mb": 4000, "gpu": 0}[key] * (attempt if key == "mem_mb" else 1)
+        forward = SETTINGS.forward
+        value = job_resources(
+            stage,
+            config,
+            SETTINGS,
+            SETTINGS.tasks[wildcards.task],
+            device="cuda" if forward.device == "cuda" else "cpu",
+            gpu_memory=forward.gpu_memory_gb * 1e9,
+        )[key]
+        return value * attempt if key == "mem_mb" else value
+
+    return resource
+
+
+def prepare_mem_mb(wildcards, attempt):
+    """Host memory to prepare a model: from its source's config.json when one is on disk."""
+    config = _config_of(wildcards.model)
+    mem_mb = 8000 if config is None else prepare_memory(config) // 2**20
+    return mem_mb * attempt
 
 
 def control_surprisal(wildcards):

@@ -10,7 +10,8 @@ rule forward:
         "../envs/iclprobe.yaml"
     threads: SETTINGS.forward.threads
     resources:
-        mem_mb=4000,
+        mem_mb=stage_resources("forward", "mem_mb"),
+        gpu=stage_resources("forward", "gpu"),
     params:
         # Batch size and threads are read from the config inside the script:
         # they change speed, not results, so changing them reruns nothing.

@@ -11,7 +11,8 @@ rule heads:
         "../envs/iclprobe.yaml"
     threads: 1
     resources:
-        mem_mb=2500,
+        mem_mb=stage_resources("heads", "mem_mb"),
+        gpu=stage_resources("heads", "gpu"),
     params:
         # heads.causal.batch_rows is read from the config inside the script: it changes
         # speed and memory, not results, so changing it reruns nothing.

@@ -11,7 +11,8 @@ rule lens:
         "../envs/iclprobe.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=stage_resources("lens", "mem_mb"),
+        gpu=stage_resources("lens", "gpu"),
     params:
         examples=lambda w: SETTINGS.lens.examples_for(SETTINGS.tasks[w.task]),
         replicates=lambda w: SETTINGS.lens.replicates_for(SETTINGS.tasks[w.task]),

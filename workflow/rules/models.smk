@@ -6,7 +6,7 @@ rule prepare_model:
     conda:
         "../envs/iclprobe.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=prepare_mem_mb,
     params:
         spec=model_spec,
         source=model_digest,

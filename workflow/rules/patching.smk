@@ -12,7 +12,8 @@ rule patching:
         "../envs/iclprobe.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=stage_resources("patching", "mem_mb"),
+        gpu=stage_resources("patching", "gpu"),
     params:
         patch_target=lambda w: SETTINGS.tasks[w.task].patch_target,
         replicates=lambda w: SETTINGS.patching.replicates_for(SETTINGS.tasks[w.task]),

@@ -11,7 +11,8 @@ rule probe:
         "../envs/iclprobe.yaml"
     threads: 1
     resources:
-        mem_mb=2500,  # SmolLM2: 1.9 GB peak (batch 64, k = 20: the copied KV caches)
+        mem_mb=stage_resources("probe", "mem_mb"),
+        gpu=stage_resources("probe", "gpu"),
     params:
         # probe.batch_size is read from the settings inside the script: it changes
         # speed, not results, so changing it reruns nothing.
