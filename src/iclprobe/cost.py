@@ -792,12 +792,16 @@ def patching_cost(
     Greedy decoding (the target's own answer, layers whose answer leaves every
     candidate) is `decoding`; unknown, it is bounded by every layer of every
     pair decoding the whole budget.
+    The numerical floor's control adds, per replicate, one source over the
+    target's own context (the first pair's target query) and one pair to the
+    target tree: that target patched with its own activations.
     """
     patching = settings.patching
     replicates = patching.replicates_for(task)
     target = settings.tasks.get(task.patch_target)
     k = patching.examples_for(task, target)
-    pairs = patching.pairs
+    # The pairs, and the control: the first pair's target patched with its own activations.
+    pairs = patching.pairs + 1
     target_layout = layout if target is None else target_layout or layout
     kv, b = shape.kv_bytes(dtype), BYTES[dtype]
     copies = shape.layers + 2
@@ -806,7 +810,8 @@ def patching_cost(
         target_layout.bos + (k * target_layout.example if target else 0) + layout.shared_query
     )
     after_query = layout.query - layout.shared_query
-    source_nodes = round(pairs * (after_query + layout.answer - 1))
+    source_nodes = round(patching.pairs * (after_query + layout.answer - 1))
+    own_nodes = round(after_query + layout.answer - 1)  # the control's source, one query
     chain = max(round(after_query + layout.lead - 1), 0)
     target_nodes = pairs * (chain + copies)
     # Each candidate's tokens after the decision position but the last, after every copy.
@@ -840,6 +845,10 @@ def patching_cost(
         )
         sources.add_ops(source_nodes * shape.vocab, "copy", dtype=dtype)
         sources.peak(tree_memory(source_prefix, source_nodes, source_nodes))
+        # The control's source: the target's context and the first pair's target query.
+        sources.run(Pass(1, target_prefix, unembed=1), kv)
+        sources.run(Pass(1, own_nodes, cached=target_prefix, masked=True, unembed=own_nodes), kv)
+        sources.add_ops(own_nodes * shape.vocab, "copy", dtype=dtype)
         targets.run(Pass(1, target_prefix, unembed=1), kv)
         targets.run(
             Pass(1, target_nodes, cached=target_prefix, masked=True, unembed=target_nodes), kv
