@@ -686,7 +686,8 @@ def heads_cost(
         suffix = max(answer - layout.lead, 1)
         context = math.ceil(layout.decision(example))
         for first in range(0, shape.layers, per_batch):
-            rows = min(per_batch, shape.layers - first) * shape.heads
+            # The layers' heads, and one unedited row: the numerical floor's control.
+            rows = min(per_batch, shape.layers - first) * shape.heads + 1
             ablation.run(Pass(rows, suffix, cached=context, masked=True, unembed=rows * suffix), kv)
             ablation.copies += (1 + rows) * context * kv
             ablation.add_ops(rows * suffix * shape.vocab, "copy", "softmax", dtype=dtype)
@@ -811,11 +812,17 @@ def patching_cost(
     )
     after_query = layout.query - layout.shared_query
     source_nodes = round(patching.pairs * (after_query + layout.answer - 1))
-    own_nodes = round(after_query + layout.answer - 1)  # the control's source, one query
+    # The control's source: one query, so the tree's shared prefix runs through the query
+    # and only its answer tokens but the last are nodes.
+    own_prefix, own_nodes = target_prefix + round(after_query), round(layout.answer - 1)
     chain = max(round(after_query + layout.lead - 1), 0)
     target_nodes = pairs * (chain + copies)
     # Each candidate's tokens after the decision position but the last, after every copy.
     fork_nodes = round(candidates * copies * max(layout.answer - layout.lead - 1, 0))
+    # The control's source answer is the task's answer: one candidate fewer.
+    control_fork_nodes = round(
+        max(candidates - 1, 1) * copies * max(layout.answer - layout.lead - 1, 0)
+    )
     # patches.answer_budget: the digits, a sign and the terminator after the decision position.
     budget = layout.answer_max - layout.lead + 1
     sources, targets, forks, decode = (Part(n) for n in ("sources", "targets", "forks", "decoding"))
@@ -846,8 +853,8 @@ def patching_cost(
         sources.add_ops(source_nodes * shape.vocab, "copy", dtype=dtype)
         sources.peak(tree_memory(source_prefix, source_nodes, source_nodes))
         # The control's source: the target's context and the first pair's target query.
-        sources.run(Pass(1, target_prefix, unembed=1), kv)
-        sources.run(Pass(1, own_nodes, cached=target_prefix, masked=True, unembed=own_nodes), kv)
+        sources.run(Pass(1, own_prefix, unembed=1), kv)
+        sources.run(Pass(1, own_nodes, cached=own_prefix, masked=True, unembed=own_nodes), kv)
         sources.add_ops(own_nodes * shape.vocab, "copy", dtype=dtype)
         targets.run(Pass(1, target_prefix, unembed=1), kv)
         targets.run(
@@ -867,17 +874,15 @@ def patching_cost(
                 grown += rows
                 decode.add_ops(rows * shape.vocab, "copy", "argmax", dtype=dtype)
             decode.peak(tree_memory(target_prefix, grown, pairs * (shape.layers + 1)))
-        for _ in range(pairs):
-            forks.run(
-                Pass(1, fork_nodes, cached=target_prefix + size, masked=True, unembed=fork_nodes),
-                kv,
-            )
+        for pair in range(pairs):
+            nodes, read = fork_nodes, candidates
+            if pair == pairs - 1:  # the control
+                nodes, read = control_fork_nodes, max(candidates - 1, 1)
+            forks.run(Pass(1, nodes, cached=target_prefix + size, masked=True, unembed=nodes), kv)
             forks.copies += (target_prefix + size) * kv
             # log-softmax per node read (candidates × copies × tokens), argmax of the greedy walk
-            forks.add_ops(
-                (fork_nodes + candidates * copies) * shape.vocab, "copy", "softmax", dtype=dtype
-            )
-            forks.peak(fork_memory(target_prefix, size, fork_nodes))
+            forks.add_ops((nodes + read * copies) * shape.vocab, "copy", "softmax", dtype=dtype)
+            forks.peak(fork_memory(target_prefix, size, nodes))
     if decoding is not None and decoding.passes:
         for nodes, cached in decoding.passes:
             decode.run(Pass(1, nodes, cached=cached, masked=True, unembed=nodes), kv)
@@ -923,8 +928,14 @@ def stage_enabled(settings: Settings, stage: str) -> bool:
 
 def estimated_layout(settings: Settings, task: Task, numbers: str = "digits", bos: int = 1):
     """A task's layout without a tokenizer (`Layout.estimate`); digit by digit with a BOS
-    token is the larger of the two tokenizer styles, so it bounds memory from above."""
-    return Layout.estimate(task, settings.lens.candidates_for(task), numbers=numbers, bos=bos)
+    token is the larger of the two tokenizer styles, so it bounds memory from above.
+
+    The candidates' trie is only built when the integer lens runs on the task: with it
+    switched off the default range (0 … 4·max(y)) is unbounded and nothing reads the trie.
+    """
+    lens = settings.lens
+    candidates = lens.candidates_for(task) if lens.integer_replicates_for(task) else range(0)
+    return Layout.estimate(task, candidates, numbers=numbers, bos=bos)
 
 
 # ---------------------------------------------------------------- resources
